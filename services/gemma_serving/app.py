@@ -1,0 +1,81 @@
+"""Building the Ray Serve application from the config.
+
+`app_builder` is what a RayService `serveConfigV2` import_path points at (`gemma_serving.app:app_builder`), with
+`args: {config: {...}}` (the same schema as the YAML file) or `args: {config_path: /etc/gemma/config.yaml}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from gemma_serving.config import ServiceConfig, ServiceKind, ServingConfig, load_config, parse_config
+from gemma_serving.deployments.modality import ModalityDeployment, resolve_checkpoint, vllm_engine_factory
+from gemma_serving.router.server import RouterDeployment
+
+#: Ray resource a worker node advertises for its accelerator, e.g. {"accelerator:nvidia-l4": 1}.
+ACCELERATOR_RESOURCE_PREFIX = "accelerator:"
+
+
+def deployment_options(kind: ServiceKind, service: ServiceConfig) -> dict[str, Any]:
+    """Ray Serve options of one service's deployment, from its config."""
+    d = service.deployment
+    a = d.autoscaling
+    actor: dict[str, Any] = {"num_cpus": d.num_cpus, "num_gpus": d.num_gpus}
+    if d.accelerator_type:
+        # Place replicas only on nodes of that accelerator (worker groups advertise the resource).
+        actor["resources"] = {f"{ACCELERATOR_RESOURCE_PREFIX}{d.accelerator_type}": 0.001}
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(service.model.engine.cpu_kv_cache_gib), **d.env}
+    actor["runtime_env"] = {"env_vars": env}
+    return {
+        "name": f"{kind.value}",
+        "max_ongoing_requests": d.max_ongoing_requests,
+        "max_queued_requests": d.max_queued_requests,
+        "autoscaling_config": {
+            "min_replicas": a.min_replicas,
+            "initial_replicas": max(a.min_replicas, 1) if kind is ServiceKind.TEXT else a.min_replicas,
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+        },
+        "ray_actor_options": actor,
+        # vLLM engines take tens of seconds (minutes for real checkpoints) to load.
+        "health_check_timeout_s": 60,
+        "graceful_shutdown_timeout_s": 30,
+    }
+
+
+def build_app(
+    config: ServingConfig, *, engine_factory=vllm_engine_factory, checkpoint_resolver=resolve_checkpoint
+) -> Application:
+    """The router bound to one ModalityDeployment per configured service (factories injectable for tests)."""
+    handles = {}
+    for kind, service in config.services.items():
+        deployment = serve.deployment(ModalityDeployment).options(**deployment_options(kind, service))
+        handles[kind.value] = deployment.bind(
+            kind.value,
+            service.model_dump(mode="json"),
+            engine_factory=engine_factory,
+            checkpoint_resolver=checkpoint_resolver,
+        )
+    router = serve.deployment(RouterDeployment).options(
+        name="router",
+        num_replicas=config.router.num_replicas,
+        # The router is I/O bound: Serve's default of 5 ongoing requests would throttle every service behind it.
+        max_ongoing_requests=config.router.max_concurrent_rpcs,
+        ray_actor_options={"num_cpus": config.router.num_cpus},
+        graceful_shutdown_timeout_s=config.router.grace_period_s + 5,
+    )
+    return router.bind(config.model_dump(mode="json"), handles)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Serve application builder for `serve run` / RayService: args hold `config` or `config_path`."""
+    if "config" in args:
+        config = parse_config(args["config"])
+    else:
+        config = load_config(args.get("config_path"))
+    return build_app(config)

@@ -1,0 +1,191 @@
+"""Typed configuration of gemma-serving, loaded from one YAML file.
+
+The same schema drives the local CLI, the Ray Serve app builder and the Helm chart's serveConfigV2, so there is one
+source of truth for every setting. Models are strict (`extra="forbid"`): a typo in a key is an error at load time.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gemma_serving.errors import InvalidRequest
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceKind(str, Enum):
+    """The three deployments; each accepts a fixed set of input modalities."""
+
+    TEXT = "text"
+    VISION = "vision"
+    AUDIO = "audio"
+
+
+#: Input modalities each service's models accept (output is always text).
+SERVICE_MODALITIES: dict[ServiceKind, tuple[str, ...]] = {
+    ServiceKind.TEXT: ("text",),
+    ServiceKind.VISION: ("text", "image"),
+    ServiceKind.AUDIO: ("text", "image", "audio"),
+}
+
+
+class EngineSettings(Strict):
+    """vLLM engine settings we rely on, plus an explicit escape hatch for the rest."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weight and activation precision passed to vLLM."
+    )
+    max_model_len: int = Field(2048, gt=0, le=131072, description="Context length: prompt plus completion tokens.")
+    max_num_seqs: int = Field(32, gt=0, le=1024, description="Most sequences the engine schedules in one step.")
+    enforce_eager: bool = Field(True, description="Skip torch.compile / CUDA graphs (fast start, slower steps).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
+    tensor_parallel_size: int = Field(1, ge=1, le=16, description="GPUs one replica shards the model over.")
+    cpu_kv_cache_gib: int = Field(
+        1, ge=1, le=512, description="KV cache size on CPU-only nodes (VLLM_CPU_KVCACHE_SPACE); ignored on GPUs."
+    )
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict, description="Escape hatch: further vllm AsyncEngineArgs fields, passed through as is."
+    )
+
+
+class ModelConfig(Strict):
+    """One model served by a service."""
+
+    name: str = Field(..., min_length=1, max_length=128, description="Name clients put in GenerateRequest.model.")
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="Checkpoint: a local directory, or tiny://text | tiny://vision | tiny://gemma3n for the "
+        "locally built random-weight test models.",
+    )
+    default_max_tokens: int = Field(256, gt=0, description="max_tokens used when a request leaves it unset.")
+    max_output_tokens: int = Field(1024, gt=0, description="Largest max_tokens a request may ask for.")
+    engine: EngineSettings = Field(default_factory=EngineSettings, description="Engine settings for this model.")
+
+    @model_validator(mode="after")
+    def _token_limits_fit(self) -> ModelConfig:
+        if self.default_max_tokens > self.max_output_tokens:
+            raise ValueError("default_max_tokens must not exceed max_output_tokens")
+        if self.max_output_tokens >= self.engine.max_model_len:
+            raise ValueError("max_output_tokens must be smaller than engine.max_model_len")
+        return self
+
+
+class AutoscalingSettings(Strict):
+    """Ray Serve autoscaling for one service."""
+
+    min_replicas: int = Field(1, ge=0, le=1000, description="Replicas kept when idle (0 = scale to zero).")
+    max_replicas: int = Field(1, ge=1, le=1000, description="Upper bound on replicas.")
+    target_ongoing_requests: float = Field(8, gt=0, description="Ongoing requests per replica the autoscaler aims at.")
+    upscale_delay_s: float = Field(10, ge=0, description="Sustained demand needed before adding replicas.")
+    downscale_delay_s: float = Field(300, ge=0, description="Sustained idleness needed before removing replicas.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class DeploymentSettings(Strict):
+    """Placement and concurrency of one service's Ray Serve deployment."""
+
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings, description="Replica autoscaling.")
+    max_ongoing_requests: int = Field(64, gt=0, le=10000, description="Requests one replica runs at once.")
+    max_queued_requests: int = Field(256, ge=-1, description="Requests queued per caller beyond that (-1 = unbounded).")
+    num_cpus: float = Field(0.5, ge=0, description="Ray CPU bookkeeping per replica.")
+    num_gpus: float = Field(0, ge=0, description="GPUs per replica (0 on CPU-only nodes).")
+    accelerator_type: str | None = Field(
+        None, description="GKE accelerator a replica must land on, e.g. nvidia-l4; None places anywhere."
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replica.")
+
+
+class ServiceConfig(Strict):
+    """One modality service: a model and how its deployment scales."""
+
+    model: ModelConfig = Field(..., description="The model this service serves.")
+    deployment: DeploymentSettings = Field(default_factory=DeploymentSettings, description="Ray Serve settings.")
+
+
+class RequestLimits(Strict):
+    """Input limits the router checks before any engine work."""
+
+    max_messages: int = Field(64, gt=0, le=4096, description="Messages per request.")
+    max_parts_per_message: int = Field(32, gt=0, le=1024, description="Parts per message.")
+    max_text_chars: int = Field(200_000, gt=0, description="Total characters of text across all parts.")
+    max_stop_sequences: int = Field(8, ge=0, le=64, description="Entries in sampling.stop.")
+    max_stop_chars: int = Field(64, gt=0, description="Characters per stop string.")
+    max_images: int = Field(4, ge=0, le=64, description="Images per request.")
+    max_image_bytes: int = Field(10 * 2**20, gt=0, description="Encoded bytes per image.")
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="Decoded pixels per image (decompression bombs).")
+    max_audios: int = Field(2, ge=0, le=16, description="Audio clips per request.")
+    max_audio_bytes: int = Field(10 * 2**20, gt=0, description="Encoded bytes per audio clip.")
+    max_audio_seconds: float = Field(30, gt=0, description="Duration per audio clip (Gemma 3n handles 30 s).")
+
+
+class RouterSettings(Strict):
+    """The gRPC front door."""
+
+    host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one, for tests).")
+    num_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share the port via SO_REUSEPORT).")
+    num_cpus: float = Field(0.25, ge=0, description="Ray CPU bookkeeping per router replica.")
+    max_concurrent_rpcs: int = Field(1024, gt=0, description="RPCs one router replica serves at once.")
+    grace_period_s: float = Field(10, ge=0, le=600, description="Drain time for in-flight RPCs at shutdown.")
+
+
+class ServingConfig(Strict):
+    """The whole platform: router, limits and the text / vision / audio services."""
+
+    app_name: str = Field("gemma", pattern=r"^[a-z][a-z0-9-]*$", description="Ray Serve application name.")
+    router: RouterSettings = Field(default_factory=RouterSettings, description="gRPC router.")
+    limits: RequestLimits = Field(default_factory=RequestLimits, description="Request input limits.")
+    services: dict[ServiceKind, ServiceConfig] = Field(..., description="Services by kind: text, vision, audio.")
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> ServingConfig:
+        names = [s.model.name for s in self.services.values()]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model names must be unique across services, got {names}")
+        if not self.services:
+            raise ValueError("at least one service must be configured")
+        return self
+
+    def service_for_model(self, model_name: str) -> ServiceKind | None:
+        """The service serving `model_name`, or None."""
+        for kind, service in self.services.items():
+            if service.model.name == model_name:
+                return kind
+        return None
+
+
+def default_config_path() -> Path:
+    """The config that `gemma-serving up` uses when none is given: the tiny local models on CPU."""
+    return Path(__file__).parent / "configs" / "local.yaml"
+
+
+def parse_config(data: dict[str, Any]) -> ServingConfig:
+    """Validate a config mapping; errors name every bad field."""
+    try:
+        return ServingConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(f"invalid config: {problems}") from None
+
+
+def load_config(path: str | Path | None = None) -> ServingConfig:
+    """Load and validate the YAML config at `path` (default: the local tiny-model config)."""
+    path = Path(path) if path else default_config_path()
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"invalid config {path}: top level must be a mapping")
+    return parse_config(data)

@@ -1,0 +1,1 @@
+"""Ray Serve deployments: one ModalityDeployment bound per service (text, vision, audio)."""

@@ -1,0 +1,1 @@
+"""Engines behind the Engine protocol: vLLM (production), fake (unit tests only)."""

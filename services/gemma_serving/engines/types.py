@@ -1,0 +1,100 @@
+"""Domain types that travel from the router through a deployment into an engine, and back as chunks.
+
+Plain dataclasses: picklable across Ray processes, free of protobuf, gRPC and Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Union
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An encoded image as the client sent it; the deployment decodes it."""
+
+    data: bytes
+    mime_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioPart:
+    """An encoded audio clip as the client sent it; the deployment decodes it."""
+
+    data: bytes
+    mime_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """An image ready for the engine (a PIL image in RGB)."""
+
+    image: Any
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedAudio:
+    """Mono float32 samples at `sample_rate` (16 kHz for Gemma 3n)."""
+
+    samples: Any
+    sample_rate: int
+
+
+Part = Union[TextPart, ImagePart, AudioPart, DecodedImage, DecodedAudio]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """What a client asked for, after validation. Media parts are encoded until a deployment decodes them."""
+
+    model: str
+    messages: tuple[Message, ...]
+    sampling: Sampling
+    trace_context: dict[str, str] = field(default_factory=dict)
+
+    def modalities(self) -> set[str]:
+        """Input modalities used by the request ("text", "image", "audio")."""
+        kinds = {TextPart: "text", ImagePart: "image", DecodedImage: "image", AudioPart: "audio", DecodedAudio: "audio"}
+        return {kinds[type(p)] for m in self.messages for p in m.parts}
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Newly generated text since the previous chunk, with running token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason | None = None
+
+    def merge(self, later: Chunk) -> Chunk:
+        """One chunk equivalent to `self` followed by `later` (used to coalesce ready deltas)."""
+        return Chunk(self.text + later.text, later.prompt_tokens, later.completion_tokens, later.finish_reason)

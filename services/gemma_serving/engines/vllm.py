@@ -1,0 +1,141 @@
+"""VllmEngine: the Engine protocol over vLLM's public `AsyncLLM` API (streaming, abort, health)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from gemma_serving.config import ModelConfig
+from gemma_serving.engines.prompts import chat_messages
+from gemma_serving.engines.types import Chunk, DecodedAudio, DecodedImage, FinishReason, GenerationRequest
+from gemma_serving.errors import EngineDead, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
+
+
+def engine_args(model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...]) -> dict[str, Any]:
+    """AsyncEngineArgs fields for `model`: typed settings first, then the escape hatch on top."""
+    settings = model.engine
+    args: dict[str, Any] = {
+        "model": str(model_path),
+        "served_model_name": model.name,
+        "dtype": settings.dtype,
+        "max_model_len": settings.max_model_len,
+        "max_num_seqs": settings.max_num_seqs,
+        "enforce_eager": settings.enforce_eager,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        "tensor_parallel_size": settings.tensor_parallel_size,
+        "disable_log_stats": True,
+    }
+    limits = {kind: 4 if kind == "image" else 2 for kind in accepts if kind != "text"}
+    if limits:
+        args["limit_mm_per_prompt"] = limits
+    args.update(settings.extra_args)
+    return args
+
+
+class VllmEngine:
+    """One vLLM AsyncLLM serving one model. Not safe to share across event loops."""
+
+    def __init__(self, model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...] = ("text",)) -> None:
+        self._model = model
+        self._path = model_path
+        self._accepts = accepts
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self.start_seconds: float | None = None
+
+    async def start(self) -> None:
+        # vLLM on CPU fails to start without an explicit KV cache size (NUMA node 0 reports too little memory).
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self._model.engine.cpu_kv_cache_gib))
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        began = time.monotonic()
+        args = AsyncEngineArgs(**engine_args(self._model, self._path, accepts=self._accepts))
+        self._llm = AsyncLLM.from_engine_args(args)
+        self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(self._path))
+        self.start_seconds = time.monotonic() - began
+        log.info("engine for %s ready in %.1f s", self._model.name, self.start_seconds)
+
+    def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
+        text = self._tokenizer.apply_chat_template(
+            chat_messages(request.messages), tokenize=False, add_generation_prompt=True
+        )
+        prompt: dict[str, Any] = {"prompt": text}
+        parts = [p for m in request.messages for p in m.parts]
+        images = [p.image for p in parts if isinstance(p, DecodedImage)]
+        audios = [(p.samples, p.sample_rate) for p in parts if isinstance(p, DecodedAudio)]
+        media = {k: v for k, v in (("image", images), ("audio", audios)) if v}
+        if media:
+            prompt["multi_modal_data"] = media
+        return prompt
+
+    def _sampling_params(self, request: GenerationRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        given = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
+        return SamplingParams(
+            max_tokens=s.max_tokens,
+            stop=list(s.stop) or None,
+            output_kind=RequestOutputKind.DELTA,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+
+    async def generate(self, request: GenerationRequest, *, request_id: str) -> AsyncIterator[Chunk]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self._llm is None:
+            raise EngineDead(f"engine for {self._model.name} is not started")
+        completion_tokens = 0
+        stream = self._llm.generate(
+            self._prompt(request),
+            self._sampling_params(request),
+            request_id,
+            # The chat template already starts with <bos>; do not add a second one.
+            tokenization_kwargs={"add_special_tokens": False},
+        )
+        try:
+            async for out in stream:
+                delta = out.outputs[0]
+                completion_tokens += len(delta.token_ids)
+                finish = _FINISH.get(delta.finish_reason) if out.finished else None
+                yield Chunk(delta.text, len(out.prompt_token_ids or ()), completion_tokens, finish)
+        except EngineDeadError as exc:
+            raise EngineDead(f"engine for {self._model.name} died: {type(exc).__name__}") from exc
+        except (VLLMClientError, ValueError) as exc:
+            raise InvalidRequest(f"model {self._model.name} rejected the request: {exc}") from exc
+        finally:
+            # Closing the vLLM generator aborts the request in the engine (frees its KV cache) if still running.
+            await stream.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        if self._llm is None:
+            raise EngineDead(f"engine for {self._model.name} is not started")
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineDead(f"engine for {self._model.name} is unhealthy: {type(exc).__name__}") from exc
+
+    async def num_unfinished_requests(self) -> int:
+        """Requests the engine is still tracking (running or waiting); used by cancellation tests."""
+        return self._llm.output_processor.get_num_unfinished_requests() if self._llm else 0
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None

@@ -1,0 +1,81 @@
+"""One exception hierarchy for the whole platform.
+
+Each class carries the gRPC status code name and the HTTP status it maps to; the router is the only place that turns
+them into wire errors. Codes are names (not `grpc.StatusCode`) so that this bottom layer imports no gRPC.
+Messages say what was wrong and what is allowed; they never contain tracebacks or prompt text.
+"""
+
+from __future__ import annotations
+
+
+class GemmaServingError(Exception):
+    """Base class. Anything raised that is not a subclass is reported to clients as INTERNAL."""
+
+    grpc_code: str = "INTERNAL"
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):  # keep the class and message across Ray's pickling
+        return (type(self), (self.message,))
+
+
+class InvalidRequest(GemmaServingError):
+    grpc_code = "INVALID_ARGUMENT"
+    http_status = 400
+
+
+class Unauthenticated(GemmaServingError):
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class PermissionDenied(GemmaServingError):
+    grpc_code = "PERMISSION_DENIED"
+    http_status = 403
+
+
+class ModelNotFound(GemmaServingError):
+    grpc_code = "NOT_FOUND"
+    http_status = 404
+
+
+class RateLimited(GemmaServingError):
+    grpc_code = "RESOURCE_EXHAUSTED"
+    http_status = 429
+
+
+class Overloaded(GemmaServingError):
+    grpc_code = "RESOURCE_EXHAUSTED"
+    http_status = 429
+
+
+class NotReady(GemmaServingError):
+    grpc_code = "UNAVAILABLE"
+    http_status = 503
+
+
+class EngineDead(GemmaServingError):
+    grpc_code = "UNAVAILABLE"
+    http_status = 503
+
+
+class ReplicaGone(GemmaServingError):
+    grpc_code = "UNAVAILABLE"
+    http_status = 503
+
+
+class DeadlineExceeded(GemmaServingError):
+    grpc_code = "DEADLINE_EXCEEDED"
+    http_status = 504
+
+
+class UnsupportedModality(GemmaServingError):
+    grpc_code = "UNIMPLEMENTED"
+    http_status = 501
+
+
+class InternalError(GemmaServingError):
+    """An unexpected failure; the client sees only a generic message and the request id."""

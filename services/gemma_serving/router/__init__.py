@@ -1,0 +1,1 @@
+"""The router: gRPC ingress, validation, routing to the modality services."""

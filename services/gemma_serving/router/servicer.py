@@ -1,0 +1,106 @@
+"""The gRPC Inference servicer: validate, route, stream back; every failure becomes one clear status."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from typing import AsyncIterator
+
+import grpc
+
+from gemma_serving.api import inference_pb2 as pb
+from gemma_serving.api import inference_pb2_grpc as pb_grpc
+from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb
+from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
+from gemma_serving.engines.types import Chunk, GenerationRequest
+from gemma_serving.errors import DeadlineExceeded, GemmaServingError
+from gemma_serving.router.backends import Backend
+from gemma_serving.router.validation import validate_request
+
+log = logging.getLogger(__name__)
+
+
+def prompt_digest(request: GenerationRequest) -> str:
+    """A short hash of the prompt text, for logs: prompt text itself is never logged."""
+    h = hashlib.sha256()
+    for m in request.messages:
+        for p in m.parts:
+            h.update(getattr(p, "text", "").encode())
+    return h.hexdigest()[:12]
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    """Implements gemma.serving.v1.Inference over a Backend."""
+
+    def __init__(self, config: ServingConfig, backend: Backend) -> None:
+        self._config = config
+        self._backend = backend
+
+    async def _chunks(self, request: pb.GenerateRequest, context, request_id: str) -> AsyncIterator[Chunk]:
+        domain = request_from_pb(request)
+        kind, domain = validate_request(domain, self._config)
+        log.info("request %s model=%s service=%s prompt=%s", request_id, domain.model, kind.value,
+                 prompt_digest(domain))
+        remaining = context.time_remaining()
+        stream = self._backend.stream(kind, domain, request_id)
+        try:
+            async with asyncio.timeout(remaining):
+                async for chunk in stream:
+                    yield chunk
+        except TimeoutError:
+            raise DeadlineExceeded(f"request {request_id} did not finish within its deadline") from None
+        finally:
+            await stream.aclose()
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        request_id = _new_request_id()
+        try:
+            texts, last = [], None
+            async for chunk in self._chunks(request, context, request_id):
+                texts.append(chunk.text)
+                last = chunk
+            if last is None:
+                raise GemmaServingError("the engine returned no output")
+            return response_to_pb("".join(texts), last, request_id, request.model)
+        except Exception as exc:
+            await _abort(context, exc, request_id)
+
+    async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateChunk]:
+        request_id = _new_request_id()
+        try:
+            async for chunk in self._chunks(request, context, request_id):
+                yield chunk_to_pb(chunk, request_id)
+        except Exception as exc:
+            await _abort(context, exc, request_id)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        models = [
+            pb.ModelInfo(
+                name=s.model.name,
+                service=kind.value,
+                input_modalities=[MODALITY_TO_PB[m] for m in SERVICE_MODALITIES[kind]],
+                context_length=s.model.engine.max_model_len,
+                max_output_tokens=s.model.max_output_tokens,
+            )
+            for kind, s in self._config.services.items()
+        ]
+        return pb.ListModelsResponse(models=models)
+
+
+def _new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def _abort(context, exc: Exception, request_id: str) -> None:
+    """End the RPC with the status of `exc`; unexpected errors become INTERNAL with only the request id."""
+    if isinstance(exc, GemmaServingError) and exc.grpc_code != "INTERNAL":
+        code, message = grpc.StatusCode[exc.grpc_code], exc.message
+        log.info("request %s failed: %s %s", request_id, exc.grpc_code, message)
+    else:
+        code, message = grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}"
+        log.error("request %s failed unexpectedly at %.0f", request_id, time.time(), exc_info=exc)
+    context.set_trailing_metadata((("request-id", request_id),))
+    await context.abort(code, message)

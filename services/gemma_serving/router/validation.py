@@ -1,0 +1,117 @@
+"""Request validation in the router: every limit is checked here, before any engine work.
+
+Each error names the field, what is allowed and what was sent (never the prompt text itself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from gemma_serving.config import SERVICE_MODALITIES, ServiceKind, ServingConfig
+from gemma_serving.engines.types import AudioPart, GenerationRequest, ImagePart, Sampling, TextPart
+from gemma_serving.errors import InvalidRequest, ModelNotFound
+from gemma_serving.media import inspect_audio, inspect_image
+
+ROLES = ("system", "user", "assistant")
+
+
+def validate_request(request: GenerationRequest, config: ServingConfig) -> tuple[ServiceKind, GenerationRequest]:
+    """The service that will serve `request`, and the request with sampling defaults filled in."""
+    kind = _service(request.model, config)
+    _check_messages(request, config)
+    _check_modalities(request, kind, config)
+    sampling = _check_sampling(request.sampling, kind, config)
+    return kind, dataclasses.replace(request, sampling=sampling)
+
+
+def _service(model: str, config: ServingConfig) -> ServiceKind:
+    names = ", ".join(s.model.name for s in config.services.values())
+    if not model:
+        raise InvalidRequest(f"model is required; available models: {names}")
+    kind = config.service_for_model(model)
+    if kind is None:
+        raise ModelNotFound(f"model '{model[:128]}' is not served here; available models: {names}")
+    return kind
+
+
+def _check_messages(request: GenerationRequest, config: ServingConfig) -> None:
+    limits = config.limits
+    n = len(request.messages)
+    if not 1 <= n <= limits.max_messages:
+        raise InvalidRequest(f"messages must hold 1..{limits.max_messages} messages, got {n}")
+    text_chars = images = audios = 0
+    expected = "user"
+    for i, message in enumerate(request.messages):
+        where = f"messages[{i}]"
+        if message.role not in ROLES:
+            raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}, got '{message.role[:32]}'")
+        if message.role == "system":
+            if i != 0:
+                raise InvalidRequest(f"{where}.role: a system message is allowed only as the first message")
+        elif message.role != expected:
+            raise InvalidRequest(
+                f"{where}.role must be '{expected}': after an optional system message, roles alternate "
+                f"user/assistant starting with user"
+            )
+        else:
+            expected = "assistant" if expected == "user" else "user"
+        if not 1 <= len(message.parts) <= limits.max_parts_per_message:
+            raise InvalidRequest(
+                f"{where}.parts must hold 1..{limits.max_parts_per_message} parts, got {len(message.parts)}"
+            )
+        for j, part in enumerate(message.parts):
+            field = f"{where}.parts[{j}]"
+            if isinstance(part, TextPart):
+                if not part.text.strip():
+                    raise InvalidRequest(f"{field}.text is empty; send non-blank text or omit the part")
+                text_chars += len(part.text)
+            elif isinstance(part, ImagePart):
+                images += 1
+                inspect_image(part.data, limits, field=f"{field}.image")
+            elif isinstance(part, AudioPart):
+                audios += 1
+                inspect_audio(part.data, limits, field=f"{field}.audio")
+    if request.messages[-1].role != "user":
+        raise InvalidRequest("the last message must have role 'user'")
+    if text_chars > limits.max_text_chars:
+        raise InvalidRequest(f"total text must be at most {limits.max_text_chars} characters, got {text_chars}")
+    if images > limits.max_images:
+        raise InvalidRequest(f"a request may carry at most {limits.max_images} images, got {images}")
+    if audios > limits.max_audios:
+        raise InvalidRequest(f"a request may carry at most {limits.max_audios} audio clips, got {audios}")
+
+
+def _check_modalities(request: GenerationRequest, kind: ServiceKind, config: ServingConfig) -> None:
+    accepts = SERVICE_MODALITIES[kind]
+    extra = sorted(request.modalities() - set(accepts))
+    if extra:
+        able = [
+            s.model.name for k, s in config.services.items() if set(extra) <= set(SERVICE_MODALITIES[k])
+        ]
+        hint = f"; models that accept it: {', '.join(able)}" if able else ""
+        raise InvalidRequest(
+            f"model {request.model} accepts {', '.join(accepts)} input only, got {', '.join(extra)}{hint}"
+        )
+
+
+def _check_sampling(s: Sampling, kind: ServiceKind, config: ServingConfig) -> Sampling:
+    model = config.services[kind].model
+    limits = config.limits
+    max_tokens = model.default_max_tokens if s.max_tokens is None else s.max_tokens
+    if not 1 <= max_tokens <= model.max_output_tokens:
+        raise InvalidRequest(
+            f"sampling.max_tokens must be 1..{model.max_output_tokens} for model {model.name}, got {max_tokens}"
+        )
+    if s.temperature is not None and not (math.isfinite(s.temperature) and 0 <= s.temperature <= 2):
+        raise InvalidRequest(f"sampling.temperature must be 0..2, got {s.temperature}")
+    if s.top_p is not None and not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
+        raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k is not None and s.top_k < 0:
+        raise InvalidRequest(f"sampling.top_k must be >= 0 (0 disables it), got {s.top_k}")
+    if len(s.stop) > limits.max_stop_sequences:
+        raise InvalidRequest(f"sampling.stop may hold at most {limits.max_stop_sequences} strings, got {len(s.stop)}")
+    for i, stop in enumerate(s.stop):
+        if not 1 <= len(stop) <= limits.max_stop_chars:
+            raise InvalidRequest(f"sampling.stop[{i}] must be 1..{limits.max_stop_chars} characters, got {len(stop)}")
+    return dataclasses.replace(s, max_tokens=max_tokens)
