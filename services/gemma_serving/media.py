@@ -45,6 +45,8 @@ def inspect_image(data: bytes, limits: RequestLimits, *, field: str = "image") -
     try:
         with Image.open(io.BytesIO(data)) as img:
             info = ImageInfo(img.format or "", img.width, img.height)
+    except Image.DecompressionBombError:  # PIL's own guard fires on headers far beyond any sane limit
+        raise InvalidRequest(f"{field} must have at most {limits.max_image_pixels} pixels, got far more") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise InvalidRequest(
             f"{field}.data is not a decodable image; allowed formats: {', '.join(IMAGE_FORMATS)}"

@@ -1,0 +1,107 @@
+"""Router logic over real gRPC on loopback, with FakeEngine behind an in-process backend."""
+
+import asyncio
+
+import grpc
+import pytest
+
+from gemma_serving.api import inference_pb2 as pb
+from gemma_serving.client import message
+from gemma_serving.config import ServiceKind
+
+
+def request(model="text-model", max_tokens=5, **kw):
+    return pb.GenerateRequest(model=model, messages=[message("hello world")],
+                              sampling=pb.SamplingParams(max_tokens=max_tokens, **kw))
+
+
+async def test_unary_returns_text_finish_reason_and_usage(router):
+    stub, _ = router
+    reply = await stub.Generate(request())
+    assert reply.text == " word0 word1 word2 word3 word4"
+    assert reply.finish_reason == pb.FINISH_REASON_LENGTH
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (2, 5, 7)
+    assert len(reply.request_id) == 32 and reply.model == "text-model"
+
+
+async def test_stream_yields_incremental_chunks_and_usage_last(router):
+    stub, _ = router
+    chunks = [c async for c in stub.GenerateStream(request())]
+    assert "".join(c.text for c in chunks) == " word0 word1 word2 word3 word4"
+    assert len(chunks) > 1
+    assert all(c.finish_reason == pb.FINISH_REASON_UNSPECIFIED for c in chunks[:-1])
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH and chunks[-1].usage.completion_tokens == 5
+
+
+async def test_list_models_reports_services_and_modalities(router):
+    stub, _ = router
+    models = {m.name: m for m in (await stub.ListModels(pb.ListModelsRequest())).models}
+    assert set(models) == {"text-model", "vision-model", "audio-model"}
+    assert list(models["audio-model"].input_modalities) == [pb.MODALITY_TEXT, pb.MODALITY_IMAGE, pb.MODALITY_AUDIO]
+    assert models["text-model"].max_output_tokens == 100
+
+
+@pytest.mark.parametrize(
+    "req,code,match",
+    [
+        (request(model="nope"), grpc.StatusCode.NOT_FOUND, "available models"),
+        (request(max_tokens=0), grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be 1..100"),
+        (pb.GenerateRequest(model="text-model"), grpc.StatusCode.INVALID_ARGUMENT, "messages must hold"),
+        (pb.GenerateRequest(model="text-model", messages=[pb.Message(role="user", parts=[pb.Part()])]),
+         grpc.StatusCode.INVALID_ARGUMENT, r"messages[0].parts[0] is empty; set one of text, image, audio"),
+    ],
+)
+async def test_bad_input_gets_a_clear_status_on_both_rpcs(router, req, code, match):
+    stub, backend = router
+    for call in (stub.Generate(req), _drain(stub.GenerateStream(req))):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == code
+        assert match in info.value.details()
+    assert backend.requests == []  # rejected before any engine work
+    assert (await stub.Generate(request())).text  # and the server keeps serving
+
+
+async def _drain(stream):
+    return [c async for c in stream]
+
+
+async def test_client_cancel_aborts_the_engine_request(router):
+    stub, backend = router
+    engine = backend.engines[ServiceKind.TEXT]
+    call = stub.GenerateStream(request(max_tokens=100))
+    await call.read()
+    call.cancel()
+    for _ in range(100):
+        if engine.aborted and not engine.running:
+            break
+        await asyncio.sleep(0.01)
+    assert len(engine.aborted) == 1 and not engine.running
+
+
+async def test_deadline_ends_the_call_and_aborts_the_engine(router):
+    stub, backend = router
+    engine = backend.engines[ServiceKind.TEXT]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(request(max_tokens=100), timeout=0.1)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(100):
+        if engine.aborted and not engine.running:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.aborted and not engine.running
+
+
+async def test_unexpected_failure_is_internal_with_only_a_request_id(router):
+    stub, backend = router
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+        yield
+
+    backend.engines[ServiceKind.TEXT].generate = broken
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(request())
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in info.value.details() and "request id" in info.value.details()
+    assert dict(info.value.trailing_metadata())["request-id"] in info.value.details()
