@@ -90,6 +90,15 @@ class ModalityDeployment:
         async for chunk in coalesce(self.engine.generate(decoded, request_id=request_id)):
             yield chunk
 
+    async def describe(self) -> dict:
+        """Facts for status output and tests: model, engine start time, requests in flight."""
+        return {
+            "kind": self.kind.value,
+            "model": self.config.model.name,
+            "engine_start_seconds": getattr(self.engine, "start_seconds", None),
+            "in_flight": len(getattr(self.engine, "in_flight", ())),
+        }
+
     async def check_health(self) -> None:
         """Called periodically by Ray Serve; raising marks the replica unhealthy and gets it replaced."""
         await self.engine.check_health()

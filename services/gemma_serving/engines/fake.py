@@ -16,7 +16,7 @@ class FakeEngine:
         self.step_delay_s = step_delay_s
         self.started = False
         self.healthy = True
-        self.running: set[str] = set()
+        self.in_flight: set[str] = set()
         self.aborted: list[str] = []
 
     async def start(self) -> None:
@@ -26,7 +26,7 @@ class FakeEngine:
         if not self.healthy:
             raise EngineDead("fake engine is dead")
         prompt_tokens = sum(len(getattr(p, "text", "x").split()) for m in request.messages for p in m.parts)
-        self.running.add(request_id)
+        self.in_flight.add(request_id)
         try:
             for i in range(request.sampling.max_tokens):
                 await asyncio.sleep(self.step_delay_s)
@@ -36,7 +36,7 @@ class FakeEngine:
             self.aborted.append(request_id)
             raise
         finally:
-            self.running.discard(request_id)
+            self.in_flight.discard(request_id)
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

@@ -50,6 +50,8 @@ class VllmEngine:
         self._llm: Any = None
         self._tokenizer: Any = None
         self.start_seconds: float | None = None
+        #: Requests between generate() start and their engine-side end (finished or aborted).
+        self.in_flight: set[str] = set()
 
     async def start(self) -> None:
         # vLLM on CPU fails to start without an explicit KV cache size (NUMA node 0 reports too little memory).
@@ -105,6 +107,7 @@ class VllmEngine:
             # The chat template already starts with <bos>; do not add a second one.
             tokenization_kwargs={"add_special_tokens": False},
         )
+        self.in_flight.add(request_id)
         try:
             async for out in stream:
                 delta = out.outputs[0]
@@ -118,6 +121,7 @@ class VllmEngine:
         finally:
             # Closing the vLLM generator aborts the request in the engine (frees its KV cache) if still running.
             await stream.aclose()
+            self.in_flight.discard(request_id)
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:
@@ -130,10 +134,6 @@ class VllmEngine:
             await self._llm.check_health()
         except Exception as exc:
             raise EngineDead(f"engine for {self._model.name} is unhealthy: {type(exc).__name__}") from exc
-
-    async def num_unfinished_requests(self) -> int:
-        """Requests the engine is still tracking (running or waiting); used by cancellation tests."""
-        return self._llm.output_processor.get_num_unfinished_requests() if self._llm else 0
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -1,0 +1,76 @@
+"""One session for every integration test: a local Ray cluster, the Serve app with real vLLM engines on the tiny
+local Gemma checkpoints, and the gRPC router on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import grpc
+import pytest
+
+from gemma_serving.api import inference_pb2_grpc as pb_grpc
+from gemma_serving.config import load_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def platform_config():
+    data = load_config().model_dump(mode="json")
+    data["router"]["port"] = 0
+    from gemma_serving.config import parse_config
+
+    return parse_config(data)
+
+
+@pytest.fixture(scope="session")
+def platform(platform_config):
+    """Start Ray + Serve + the app once; yields (router port, Serve app handle, engine facts)."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+    from ray import serve
+
+    from gemma_serving.app import build_app
+    from gemma_serving.models import build_models
+
+    began = time.monotonic()
+    build_models(progress=lambda msg: print(f"[build-models] {msg}", flush=True))
+    print(f"[platform] models ready after {time.monotonic() - began:.1f} s", flush=True)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+    handle = serve.run(build_app(platform_config), name=platform_config.app_name, route_prefix=None)
+    port = handle.port.remote().result()
+    facts = {
+        kind: serve.get_deployment_handle(kind, platform_config.app_name).describe.remote().result()
+        for kind in ("text", "vision", "audio")
+    }
+    for kind, fact in facts.items():
+        print(f"[platform] {kind}: engine start {fact['engine_start_seconds']:.1f} s", flush=True)
+    print(f"[platform] app running after {time.monotonic() - began:.1f} s on port {port}", flush=True)
+    yield port, handle, facts
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def stub(platform):
+    port = platform[0]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield pb_grpc.InferenceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def describe(platform, platform_config):
+    """Calls ModalityDeployment.describe() on one service."""
+    from ray import serve
+
+    def call(kind: str) -> dict:
+        return serve.get_deployment_handle(kind, platform_config.app_name).describe.remote().result()
+
+    return call

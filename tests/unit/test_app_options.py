@@ -1,0 +1,40 @@
+from gemma_serving.app import deployment_options
+from gemma_serving.config import ServiceConfig, ServiceKind
+
+
+def service(**deployment):
+    return ServiceConfig.model_validate(
+        {"model": {"name": "m", "source": "/m", "engine": {"cpu_kv_cache_gib": 3}}, "deployment": deployment}
+    )
+
+
+def test_autoscaling_and_concurrency_come_from_config():
+    opts = deployment_options(
+        ServiceKind.VISION,
+        service(autoscaling={"min_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 2,
+                             "upscale_delay_s": 1, "downscale_delay_s": 5},
+                max_ongoing_requests=16, max_queued_requests=32),
+    )
+    assert opts["name"] == "vision"
+    assert opts["autoscaling_config"] == {
+        "min_replicas": 0, "initial_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 2,
+        "upscale_delay_s": 1, "downscale_delay_s": 5,
+    }
+    assert (opts["max_ongoing_requests"], opts["max_queued_requests"]) == (16, 32)
+
+
+def test_text_starts_with_at_least_one_replica():
+    opts = deployment_options(ServiceKind.TEXT, service(autoscaling={"min_replicas": 0, "max_replicas": 2}))
+    assert opts["autoscaling_config"]["initial_replicas"] == 1
+
+
+def test_accelerator_becomes_a_resource_request_and_env_reaches_the_replica():
+    opts = deployment_options(ServiceKind.AUDIO, service(num_gpus=1, accelerator_type="nvidia-l4", env={"A": "b"}))
+    actor = opts["ray_actor_options"]
+    assert actor["num_gpus"] == 1
+    assert actor["resources"] == {"accelerator:nvidia-l4": 0.001}
+    assert actor["runtime_env"]["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "3", "A": "b"}
+
+
+def test_no_accelerator_means_no_resource_constraint():
+    assert "resources" not in deployment_options(ServiceKind.TEXT, service())["ray_actor_options"]
