@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 import time
@@ -119,8 +120,21 @@ async def run_model(name: str, cache_dir: Path | None) -> dict:
                   f"request: {req_s:.2f} s")
             print(f"output: {text!r}")
             result["requests"].append({"label": label, "prompt_tokens": n_prompt, "seconds": req_s})
+        if name == "text":
+            # Show what happens without add_special_tokens=False: vLLM's default tokenization
+            # of a raw prompt adds the tokenizer's <bos> in front of the template's <bos>.
+            prompt = tokenizer.apply_chat_template(requests_for(name, tokenizer)[0][1],
+                                                   tokenize=False, add_generation_prompt=True)
+            params = SamplingParams(max_tokens=1, output_kind=RequestOutputKind.DELTA)
+            async for out in engine.generate({"prompt": prompt}, params, request_id="text-bos"):
+                if out.prompt_token_ids is not None:
+                    print(f"default tokenization (no tokenization_kwargs): first ids "
+                          f"{list(out.prompt_token_ids[:3])}")
+                    break
     finally:
         engine.shutdown()
+        del engine
+        gc.collect()  # run AsyncLLM.__del__ now, not during interpreter teardown
     return result
 
 

@@ -73,10 +73,10 @@ async def test_client_cancel_aborts_the_engine_request(router):
     await call.read()
     call.cancel()
     for _ in range(100):
-        if engine.aborted and not engine.running:
+        if engine.aborted and not engine.in_flight:
             break
         await asyncio.sleep(0.01)
-    assert len(engine.aborted) == 1 and not engine.running
+    assert len(engine.aborted) == 1 and not engine.in_flight
 
 
 async def test_deadline_ends_the_call_and_aborts_the_engine(router):
@@ -86,10 +86,10 @@ async def test_deadline_ends_the_call_and_aborts_the_engine(router):
         await stub.Generate(request(max_tokens=100), timeout=0.1)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     for _ in range(100):
-        if engine.aborted and not engine.running:
+        if engine.aborted and not engine.in_flight:
             break
         await asyncio.sleep(0.01)
-    assert engine.aborted and not engine.running
+    assert engine.aborted and not engine.in_flight
 
 
 async def test_unexpected_failure_is_internal_with_only_a_request_id(router):
