@@ -1,9 +1,9 @@
 """Router design benchmark: Ray Serve's native gRPC proxy vs our grpc.aio server inside a replica, in one run.
 
-Run from the repository root (about 2-4 minutes on a 2-core machine, no GPU; loopback only):
+Run from the repository root (about 3 minutes on a 2-core machine, no GPU; loopback only):
 
     .venv/bin/python bench/router_design.py            # writes bench/results/router_design.{json,png}
-    .venv/bin/python bench/router_design.py --quick    # fewer calls, for a smoke test
+    .venv/bin/python bench/router_design.py --quick --rounds 1 --out /tmp/rd/router_design.json   # ~30 s smoke
 
 Designs, all in front of the same FakeEngine (step_delay_s=0, one token per engine step):
 
@@ -22,8 +22,13 @@ cancel after the first chunk of a 10,000-token stream reaches the engine (the en
 of long requests to a file, keyed by the request id that the first chunk carries back).
 
 One Ray instance (`ray.init(address="local", num_cpus=2, include_dashboard=False)`), one `serve.start`; A and B run
-one after the other as separate Serve applications (deleted in between). Numbers from a shared 2-core box are noisy
-(the JSON records the load average); compare designs within one run, not across runs.
+one after the other as separate Serve applications (deleted in between), in `--rounds` rounds (default 2, A/B order
+alternating; C last in each round); reported metrics are per-design medians over rounds, per-round values are kept.
+Numbers from a shared 2-core box are noisy (the JSON records the load average); compare designs within one run.
+
+Pitfalls this script works around (see the comments at each): Serve's gRPC proxy answers NOT_FOUND for an app run
+with route_prefix=None; the generated pb classes are named 'gemma.serving.v1.inference_pb2' and do not pickle, which
+Serve's proxy needs (a PYTHONPATH shim aliases that module name for the run).
 """
 
 from __future__ import annotations
@@ -152,11 +157,12 @@ def read_events(log_path: str) -> dict[str, dict[str, float]]:
 class ServeGrpcIngress:
     """Serve gRPC ingress: method names are the gRPC method names; same work as our InferenceServicer."""
 
-    def __init__(self, config: dict, handles: dict) -> None:
+    def __init__(self, config: dict, handles: dict, log_path: str) -> None:
         from gemma_serving.router.backends import ServeHandleBackend
 
         self._config = ServingConfig.model_validate(config)
         self._backend = ServeHandleBackend(handles)
+        self._log_path = log_path
 
     def _validated(self, request: pb.GenerateRequest):
         from gemma_serving.api.convert import request_from_pb
@@ -184,6 +190,12 @@ class ServeGrpcIngress:
         try:
             async for chunk in stream:
                 yield chunk_to_pb(chunk, request_id)
+        except (asyncio.CancelledError, GeneratorExit) as exc:
+            # Records whether the proxy passed the client's cancel on to this replica (cancel test only).
+            if domain.sampling.max_tokens >= LONG_TOKENS:
+                with open(self._log_path, "a", encoding="utf-8") as f:
+                    f.write(f"ingress_{type(exc).__name__} {request_id} {time.time():.6f}\n")
+            raise
         finally:
             await stream.aclose()
 
@@ -191,7 +203,7 @@ class ServeGrpcIngress:
         return pb.ListModelsResponse()
 
 
-def build_design_a(config: ServingConfig, engine_factory):
+def build_design_a(config: ServingConfig, engine_factory, log_path: str):
     from ray import serve
 
     from gemma_serving.app import deployment_options
@@ -208,7 +220,7 @@ def build_design_a(config: ServingConfig, engine_factory):
         max_ongoing_requests=config.router.max_concurrent_rpcs,
         ray_actor_options={"num_cpus": config.router.num_cpus},
     )
-    return ingress.bind(config.model_dump(mode="json"), {"text": text_app})
+    return ingress.bind(config.model_dump(mode="json"), {"text": text_app}, log_path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -380,11 +392,15 @@ async def cancel_attempt(stub, md, log_path: str) -> dict:
     else:
         outcome = "engine_never_saw_request"
     end = ev.get("aborted", ev.get("done"))
-    return {
+    out = {
         "request_id": request_id,
         "outcome": outcome,
         "engine_stop_after_cancel_ms": ms(end - t_cancel) if end else None,
     }
+    ingress = {k: v for k, v in ev.items() if k.startswith("ingress_")}
+    if ingress:  # design A only: the ingress replica saw the cancel (CancelledError / GeneratorExit)
+        out["ingress_saw_cancel"] = {k[len("ingress_"):]: ms(v - t_cancel) for k, v in ingress.items()}
+    return out
 
 
 async def measure(target: str, md, log_path: str, sizes: dict, describe=None) -> dict:
@@ -429,6 +445,7 @@ async def measure(target: str, md, log_path: str, sizes: dict, describe=None) ->
             a["final_state_at_end_of_design"] = (
                 "aborted" if "aborted" in ev else "done" if "done" in ev else "still_running"
             )
+            a["ingress_saw_cancel_by_end"] = sorted(k[len("ingress_"):] for k in ev if k.startswith("ingress_"))
         out["cancel"] = {
             "attempts": attempts,
             "reached_engine": sum(a["outcome"] == "aborted" for a in attempts),
@@ -438,6 +455,20 @@ async def measure(target: str, md, log_path: str, sizes: dict, describe=None) ->
 
 
 # --------------------------------------------------------------------------------------------------------------
+
+
+def install_pb_pickle_shim(workdir: Path) -> None:
+    """Alias gemma.serving.v1.inference_pb2 -> gemma_serving.api.inference_pb2 here and in Ray workers."""
+    pkg = workdir / "pbshim" / "gemma" / "serving" / "v1"
+    pkg.mkdir(parents=True)
+    for d in (pkg.parent.parent, pkg.parent, pkg):
+        (d / "__init__.py").write_text("")
+    (pkg / "inference_pb2.py").write_text(
+        "import sys\nimport gemma_serving.api.inference_pb2 as _m\nsys.modules[__name__] = _m\n"
+    )
+    root = str(workdir / "pbshim")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    sys.path.insert(0, root)
 
 
 def free_port() -> int:
@@ -493,6 +524,7 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls (smoke test)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of A, B, C (metrics are medians)")
     parser.add_argument("--out", default=str(RESULTS_DIR / "router_design.json"))
     parser.add_argument("--c-server", metavar="LOG_PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -525,12 +557,17 @@ def main() -> None:
         "benchmark": "router_design",
         "started_unix": round(time.time()),
         "machine": machine,
+        "rounds": args.rounds,
         "sizes": {**sizes, "stream_tokens": STREAM_TOKENS, "unary_max_tokens": 1, "cancel_stream_tokens": LONG_TOKENS,
                   "cancel_engine_step_s": CANCEL_STEP_DELAY_S, "cancel_wait_s": CANCEL_WAIT_S},
         "designs": {},
     }
 
     progress(f"machine: {machine}")
+    # Generated pb classes carry __module__ 'gemma.serving.v1.inference_pb2' (protoc's name, which
+    # scripts/gen_protos.py does not rewrite): they cannot be pickled, and Serve's gRPC proxy pickles the request
+    # to the ingress replica. Make that module name importable in every Ray worker via a shim on PYTHONPATH.
+    install_pb_pickle_shim(workdir)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     grpc_port, http_port = free_port(), free_port()
     serve.start(
@@ -542,64 +579,98 @@ def main() -> None:
     )
     progress(f"ray + serve started (serve gRPC proxy on {grpc_port})")
 
-    try:
-        # ---- A: Serve gRPC proxy -> ingress deployment -> text deployment
-        log_a = str(workdir / "a.log")
+    names = {"A": "serve-grpc-proxy", "B": "grpc-aio-in-replica", "C": "in-process (no Ray)"}
+    rounds: dict[str, list[dict]] = {k: [] for k in names}
+
+    def run_a(r: int) -> dict:
+        # Serve gRPC proxy -> ingress deployment -> text deployment.
+        log = str(workdir / f"a{r}.log")
         t = now()
         # route_prefix must be set: an app run with route_prefix=None is not reachable through Serve's proxies,
         # gRPC included (NOT_FOUND "Application ... not found").
-        serve.run(build_design_a(config, make_engine_factory(log_a)), name="design_a", route_prefix="/design_a")
-        progress(f"A: serve-grpc-proxy app up in {now() - t:.1f}s; measuring")
-        text_a = serve.get_deployment_handle("text", app_name="design_a")
-        res = asyncio.run(measure(f"127.0.0.1:{grpc_port}", (("application", "design_a"),), log_a, sizes,
-                                  describe=lambda: text_a.describe.remote()))
-        results["designs"]["A"] = {"name": "serve-grpc-proxy", **res}
-        serve.delete("design_a")
+        serve.run(build_design_a(config, make_engine_factory(log), log), name="design_a", route_prefix="/design_a")
+        progress(f"A (round {r}): serve-grpc-proxy app up in {now() - t:.1f}s; measuring")
+        text = serve.get_deployment_handle("text", app_name="design_a")
+        try:
+            return asyncio.run(measure(f"127.0.0.1:{grpc_port}", (("application", "design_a"),), log, sizes,
+                                       describe=lambda: text.describe.remote()))
+        finally:
+            serve.delete("design_a")
 
-        # ---- B: ours, grpc.aio server inside the router replica -> text deployment
-        log_b = str(workdir / "b.log")
+    def run_b(r: int) -> dict:
+        # Ours: grpc.aio server inside the router replica -> text deployment.
+        log = str(workdir / f"b{r}.log")
         t = now()
         handle = serve.run(
-            build_app(config, engine_factory=make_engine_factory(log_b), checkpoint_resolver=Path),
+            build_app(config, engine_factory=make_engine_factory(log), checkpoint_resolver=Path),
             name=config.app_name,
             route_prefix=None,
         )
-        port_b = handle.port.remote().result()
-        progress(f"B: grpc-aio-in-replica app up in {now() - t:.1f}s (router port {port_b}); measuring")
-        text_b = serve.get_deployment_handle("text", app_name=config.app_name)
-        res = asyncio.run(measure(f"127.0.0.1:{port_b}", (("application", config.app_name),), log_b, sizes,
-                                  describe=lambda: text_b.describe.remote()))
-        results["designs"]["B"] = {"name": "grpc-aio-in-replica", **res}
-        serve.delete(config.app_name)
-
-        # ---- C: plain grpc.aio server, engine in-process, no Ray on the path (Ray stays up, idle)
-        log_c = str(workdir / "c.log")
-        proc, port_c = start_design_c(log_c)
-        progress(f"C: in-process baseline up (port {port_c}); measuring")
+        port = handle.port.remote().result()
+        progress(f"B (round {r}): grpc-aio-in-replica app up in {now() - t:.1f}s (router port {port}); measuring")
+        text = serve.get_deployment_handle("text", app_name=config.app_name)
         try:
-            res = asyncio.run(measure(f"127.0.0.1:{port_c}", (), log_c, sizes))
+            return asyncio.run(measure(f"127.0.0.1:{port}", (("application", config.app_name),), log, sizes,
+                                       describe=lambda: text.describe.remote()))
+        finally:
+            serve.delete(config.app_name)
+
+    def run_c(r: int) -> dict:
+        # Plain grpc.aio server, engine in-process, no Ray on the path (Ray stays up, idle).
+        log = str(workdir / f"c{r}.log")
+        proc, port = start_design_c(log)
+        progress(f"C (round {r}): in-process baseline up (port {port}); measuring")
+        try:
+            return asyncio.run(measure(f"127.0.0.1:{port}", (), log, sizes))
         finally:
             proc.stdin.close()
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        results["designs"]["C"] = {"name": "in-process (no Ray)", **res}
+
+    runners = {"A": run_a, "B": run_b, "C": run_c}
+    try:
+        for r in range(args.rounds):
+            # Alternate the order of A and B so that drift in background load does not favour one of them.
+            for k in ("A", "B", "C") if r % 2 == 0 else ("B", "A", "C"):
+                res = runners[k](r)
+                res["metrics"] = flat_metrics(res)
+                rounds[k].append(res)
     finally:
         serve.shutdown()
         ray.shutdown()
 
-    for d in results["designs"].values():
-        d["metrics"] = flat_metrics(d)
+    for k, name in names.items():
+        per_round = [x["metrics"] for x in rounds[k]]
+        attempts = [a for x in rounds[k] for a in x["cancel"]["attempts"]]
+        results["designs"][k] = {
+            "name": name,
+            "metrics": {m: round(statistics.median(x[m] for x in per_round), 3) for m in per_round[0]},
+            "metrics_per_round": per_round,
+            "cancel": {
+                "reached_engine": sum(a["outcome"] == "aborted" for a in attempts),
+                "of": len(attempts),
+                "engine_stop_after_cancel_ms_max": max(
+                    (a["engine_stop_after_cancel_ms"] for a in attempts if a["engine_stop_after_cancel_ms"]),
+                    default=None,
+                ),
+                "attempts": attempts,
+            },
+            "rounds": [{key: v for key, v in x.items() if key not in ("metrics", "cancel")} for x in rounds[k]],
+        }
     ma, mb, mc = (results["designs"][k]["metrics"] for k in "ABC")
     results["ratios"] = {
-        "note": "value of B divided by value of A (or C); for *_ms lower is better, for rps / tokens_per_s higher",
+        "note": "median of B divided by median of A (or C); for *_ms lower is better, for rps / tokens_per_s "
+        "higher is better",
         "B_over_A": {k: round(mb[k] / ma[k], 3) for k in mb if ma[k]},
         "B_over_C": {k: round(mb[k] / mc[k], 3) for k in mb if mc[k]},
     }
     results["cancel_summary"] = {
-        k: f"{d['cancel']['reached_engine']}/{d['cancel']['of']} aborted in engine" for k, d in results["designs"].items()
+        k: f"{d['cancel']['reached_engine']}/{d['cancel']['of']} client cancels aborted the engine request"
+        for k, d in results["designs"].items()
     }
+    results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["wall_s"] = round(now() - _T0, 1)
 
     out = Path(args.out)

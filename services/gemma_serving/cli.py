@@ -1,4 +1,4 @@
-"""`gemma-serving` command: up, down, status, generate, demo, build-models."""
+"""`gemma-serving` command: up, serve, down, status, generate, demo, build-models."""
 
 from __future__ import annotations
 
@@ -22,6 +22,13 @@ def _cmd_up(args) -> int:
     from gemma_serving.local import up
 
     up(load_config(args.config), Path(args.config))
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from gemma_serving.local import serve_forever
+
+    serve_forever(load_config(args.config))
     return 0
 
 
@@ -61,6 +68,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    from gemma_serving.api import inference_pb2 as pb
     from gemma_serving.client import GemmaClient, audio_part, image_part, message
     from gemma_serving.client.samples import sample_png, sample_wav
 
@@ -75,7 +83,7 @@ def _cmd_demo(args) -> int:
             model = client.model_for(needs)
             reply = client.generate(model, messages, max_tokens=args.max_tokens, temperature=0.0)
             print(f"--- {label} via {model}: {reply.usage.prompt_tokens} prompt tokens, "
-                  f"{reply.usage.completion_tokens} generated, finish={reply.finish_reason}")
+                  f"{reply.usage.completion_tokens} generated, finish={pb.FinishReason.Name(reply.finish_reason)}")
             print(reply.text)
     return 0
 
@@ -95,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("build-models", _cmd_build_models, "build the tiny local Gemma checkpoints")
     p.add_argument("--cache-dir", type=Path, default=None, help="where to build (default: the model cache)")
-    add("up", _cmd_up, "start local Ray and the app", config=True)
-    add("down", _cmd_down, "stop the app and local Ray")
+    add("up", _cmd_up, "start the platform in the background (local Ray + the app)", config=True)
+    add("serve", _cmd_serve, "run the platform in the foreground until SIGTERM", config=True)
+    add("down", _cmd_down, "stop the background platform")
     add("status", _cmd_status, "show the app and router state", config=True)
     p = add("generate", _cmd_generate, "send one request", target=True)
     p.add_argument("prompt")

@@ -1,123 +1,134 @@
-"""Running the platform on this machine: a detached local Ray instance with the Serve app on it."""
+"""Running the platform on this machine.
+
+`serve_forever` (the `gemma-serving serve` command) owns an in-process Ray instance with the Serve app on it and runs
+until SIGTERM. `up` starts that command in the background and returns once the router serves; `down` stops it. One
+process owns the cluster, so nothing is left behind when it ends.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import grpc
 
+from gemma_serving.api import inference_pb2 as pb
+from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
 
-#: Not Ray's default 6379, so a developer's own Ray cluster is left alone.
-LOCAL_RAY_PORT = 6390
+
+def run_dir() -> Path:
+    """Where the background platform keeps its pid file and log."""
+    path = Path(os.environ.get("GEMMA_SERVING_RUN_DIR", Path.home() / ".cache" / "gemma-serving" / "run"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
-def _ray_cli() -> str:
-    return str(Path(sys.executable).with_name("ray"))
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def start_ray() -> str:
-    """Start (or reuse) the local head node; returns its address."""
-    address = f"127.0.0.1:{LOCAL_RAY_PORT}"
-    probe = subprocess.run([_ray_cli(), "status", f"--address={address}"], capture_output=True, env=_env())
-    if probe.returncode != 0:
-        print(f"starting Ray on {address} ...", flush=True)
-        subprocess.run(
-            [_ray_cli(), "start", "--head", f"--port={LOCAL_RAY_PORT}", "--node-ip-address=127.0.0.1",
-             "--include-dashboard=false", "--disable-usage-stats"],
-            check=True, env=_env(), stdout=subprocess.DEVNULL,
-        )
-    return address
-
-
-def wait_for_router(target: str, timeout_s: float) -> None:
-    """Block until the router's gRPC health check answers SERVING."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with grpc.insecure_channel(target) as channel:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"router at {target} not serving after {timeout_s:.0f} s")
-        time.sleep(1)
-
-
-def up(config: ServingConfig, config_path: Path) -> None:
-    """Start Ray and deploy the app; returns once the router serves."""
+def serve_forever(config: ServingConfig) -> None:
+    """Start Ray in this process, deploy the app, and block until SIGTERM/SIGINT."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
 
     from gemma_serving.app import build_app
 
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     began = time.monotonic()
-    address = start_ray()
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
-    print(f"deploying app '{config.app_name}' from {config_path} (engines load in 30-90 s on CPU) ...", flush=True)
-    serve.run(build_app(config), name=config.app_name, route_prefix=None, blocking=False)
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+        print(f"deploying app '{config.app_name}' (engines load in 30-100 s on CPU) ...", flush=True)
+        serve.run(build_app(config), name=config.app_name, route_prefix=None)
+        target = f"{config.router.host}:{config.router.port}"
+        print(f"gemma-serving is up on {target} after {time.monotonic() - began:.0f} s", flush=True)
+        stop.wait()
+        print("shutting down ...", flush=True)
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def router_serving(target: str, timeout_s: float = 2.0) -> bool:
+    """Whether the router's standard gRPC health check answers SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _pid() -> int | None:
+    try:
+        pid = int((run_dir() / "serve.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def up(config: ServingConfig, config_path: Path, *, timeout_s: float = 900) -> None:
+    """Start `gemma-serving serve` in the background; return once the router serves (or raise with its log)."""
     target = f"{config.router.host}:{config.router.port}"
-    wait_for_router(target, timeout_s=900)
-    _wait_for_app_running(config.app_name, timeout_s=900)
+    if _pid() is not None and router_serving(target):
+        print(f"gemma-serving is already up on {target}")
+        return
+    log_path = run_dir() / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gemma_serving.cli", "serve", "--config", str(config_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    (run_dir() / "serve.pid").write_text(str(proc.pid))
+    print(f"starting gemma-serving (pid {proc.pid}, log {log_path}) ...", flush=True)
+    began = time.monotonic()
+    while not router_serving(target):
+        if proc.poll() is not None:
+            tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
+            raise RuntimeError(f"gemma-serving exited with code {proc.returncode}; log tail:\n{tail}")
+        if time.monotonic() - began > timeout_s:
+            raise TimeoutError(f"router at {target} not serving after {timeout_s:.0f} s; see {log_path}")
+        time.sleep(1)
     print(f"gemma-serving is up on {target} after {time.monotonic() - began:.0f} s", flush=True)
 
 
-def _wait_for_app_running(name: str, timeout_s: float) -> None:
-    from ray import serve
-
+def down(timeout_s: float = 60) -> None:
+    """Stop the background platform (SIGTERM, then SIGKILL of its process group after `timeout_s`)."""
+    pid = _pid()
+    if pid is None:
+        print("gemma-serving is not running")
+        return
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while True:
-        status = serve.status().applications.get(name)
-        if status is not None and status.status == "RUNNING":
-            return
-        if status is not None and status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(f"app {name} is {status.status}: {status.message}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"app {name} not running after {timeout_s:.0f} s")
-        time.sleep(2)
-
-
-def down() -> None:
-    """Stop the app and the local Ray instance."""
-    subprocess.run([_ray_cli(), "stop"], check=False, env=_env())
+    while _pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _pid() is not None:
+        os.killpg(pid, signal.SIGKILL)
+    (run_dir() / "serve.pid").unlink(missing_ok=True)
+    print("gemma-serving stopped")
 
 
 def status(config: ServingConfig) -> int:
-    """Print Serve's view of the app and whether the router answers; returns an exit code."""
-    import ray
-    from ray import serve
-
-    try:
-        ray.init(address=f"127.0.0.1:{LOCAL_RAY_PORT}", logging_level="WARNING", log_to_driver=False)
-    except ConnectionError:
-        print("not running (no local Ray instance)")
-        return 1
-    app = serve.status().applications.get(config.app_name)
-    if app is None:
-        print(f"app {config.app_name}: not deployed")
-        return 1
-    print(f"app {config.app_name}: {app.status}")
-    for name, dep in app.deployments.items():
-        print(f"  {name}: {dep.status} replicas={dict(dep.replica_states)}")
+    """Print whether the platform runs and what it serves; returns an exit code."""
     target = f"{config.router.host}:{config.router.port}"
-    try:
-        wait_for_router(target, timeout_s=3)
-        print(f"router {target}: SERVING")
-        return 0
-    except TimeoutError:
+    pid = _pid()
+    print(f"process: {'pid ' + str(pid) if pid else 'not running'}")
+    if not router_serving(target):
         print(f"router {target}: not serving")
         return 1
+    print(f"router {target}: SERVING")
+    with grpc.insecure_channel(target) as channel:
+        models = pb_grpc.InferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=5).models
+    for m in models:
+        kinds = ", ".join(pb.Modality.Name(x).removeprefix("MODALITY_").lower() for x in m.input_modalities)
+        print(f"  {m.name}: service={m.service} inputs={kinds} context={m.context_length}")
+    return 0

@@ -78,3 +78,12 @@ def test_cancelled_streams_are_aborted_in_the_engine(stub, describe):
     while describe("text")["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert describe("text")["in_flight"] == 0
+
+
+def test_router_health_is_serving_once_services_are_ready(platform):
+    from gemma_serving.local import router_serving
+
+    deadline = time.monotonic() + 10
+    while not router_serving(f"127.0.0.1:{platform[0]}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert router_serving(f"127.0.0.1:{platform[0]}")

@@ -46,7 +46,7 @@ def config():
 async def router(config):
     engines = {kind: FakeEngine(step_delay_s=0.005) for kind in config.services}
     backend = EngineBackend(engines)
-    server, port = await start_grpc_server(config, backend)
+    server, port, _ = await start_grpc_server(config, backend)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield pb_grpc.InferenceStub(channel), backend
     await channel.close()

@@ -105,3 +105,18 @@ async def test_unexpected_failure_is_internal_with_only_a_request_id(router):
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in info.value.details() and "request id" in info.value.details()
     assert dict(info.value.trailing_metadata())["request-id"] in info.value.details()
+
+
+async def test_health_reports_not_serving_until_marked(config):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from gemma_serving.router.server import mark_serving, start_grpc_server
+
+    server, port, health_servicer = await start_grpc_server(config, backend=None, serving=False)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service="gemma.serving.v1.Inference")
+        assert (await stub.Check(check)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await mark_serving(health_servicer, True)
+        assert (await stub.Check(check)).status == health_pb2.HealthCheckResponse.SERVING
+    await server.stop(0)

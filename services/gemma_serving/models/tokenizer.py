@@ -120,7 +120,8 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     head = list(_HEAD_SPECIALS) + [f"<0x{b:02X}>" for b in range(256)] + list(NEWLINES)
     budget = TEXT_VOCAB_SIZE - len(head)
     learned, learned_merges = _train_bpe(budget)
-    tokens = head + [t for t in learned if t not in set(head)]
+    seen = set(head)
+    tokens = head + [t for t in learned if t not in seen]
     tokens = tokens[:TEXT_VOCAB_SIZE]
     tokens += [f"<unused{i}>" for i in range(TEXT_VOCAB_SIZE - len(tokens))]
     for offset_specials in (_VISION_SPECIALS, _AUDIO_SPECIALS):

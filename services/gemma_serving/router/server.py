@@ -8,6 +8,7 @@ via SO_REUSEPORT, and KubeRay exposes it like any container port.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -23,8 +24,16 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 2**20
 
 
-async def start_grpc_server(config: ServingConfig, backend: Backend) -> tuple[grpc.aio.Server, int]:
-    """Start the Inference (and standard grpc.health.v1) server; returns it and its bound port."""
+INFERENCE_SERVICE = "gemma.serving.v1.Inference"
+
+
+async def start_grpc_server(
+    config: ServingConfig, backend: Backend, *, serving: bool = True
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Start the Inference (and standard grpc.health.v1) server; returns it, its bound port and its health servicer.
+
+    With `serving=False` health reports NOT_SERVING until the caller marks it SERVING (see `mark_serving`).
+    """
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -40,9 +49,14 @@ async def start_grpc_server(config: ServingConfig, backend: Backend) -> tuple[gr
     if port == 0:
         raise RuntimeError(f"could not bind {config.router.host}:{config.router.port}")
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set("gemma.serving.v1.Inference", health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+    await mark_serving(health_servicer, serving)
+    return server, port, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", INFERENCE_SERVICE):
+        await health_servicer.set(name, status)
 
 
 class RouterDeployment:
@@ -50,8 +64,25 @@ class RouterDeployment:
 
     async def __init__(self, config: dict, handles: dict) -> None:
         self._config = ServingConfig.model_validate(config)
-        self._server, self._port = await start_grpc_server(self._config, ServeHandleBackend(handles))
+        self._server, self._port, self._health = await start_grpc_server(
+            self._config, ServeHandleBackend(handles), serving=False
+        )
+        self._readiness = asyncio.create_task(self._report_ready_when_services_are(handles))
         log.info("gRPC router listening on %s:%d", self._config.router.host, self._port)
+
+    async def _report_ready_when_services_are(self, handles: dict) -> None:
+        """Health turns SERVING once every service that keeps replicas (min_replicas > 0) has a live one.
+
+        Services that scale to zero do not hold readiness back: their first request waits for a cold start.
+        """
+        waits = [
+            handles[kind.value].describe.remote()
+            for kind, service in self._config.services.items()
+            if service.deployment.autoscaling.min_replicas > 0
+        ]
+        await asyncio.gather(*waits)
+        await mark_serving(self._health, True)
+        log.info("all services ready: router health is SERVING")
 
     async def port(self) -> int:
         """The bound port (useful when the config asked for port 0)."""
