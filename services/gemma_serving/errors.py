@@ -9,17 +9,27 @@ from __future__ import annotations
 
 
 class GemmaServingError(Exception):
-    """Base class. Anything raised that is not a subclass is reported to clients as INTERNAL."""
+    """Base class. Anything raised that is not a subclass is reported to clients as INTERNAL.
+
+    `field` names the request field at fault (sent as a google.rpc.BadRequest field violation);
+    `retry_after_s` tells an overloaded or rate-limited client when to retry (sent as google.rpc.RetryInfo).
+    """
 
     grpc_code: str = "INTERNAL"
     http_status: int = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
 
-    def __reduce__(self):  # keep the class and message across Ray's pickling
-        return (type(self), (self.message,))
+    def __reduce__(self):  # keep class, message and details across Ray's pickling
+        return (_rebuild, (type(self), self.message, self.field, self.retry_after_s))
+
+
+def _rebuild(cls, message, field, retry_after_s):
+    return cls(message, field=field, retry_after_s=retry_after_s)
 
 
 class InvalidRequest(GemmaServingError):

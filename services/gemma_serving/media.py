@@ -39,23 +39,31 @@ def inspect_image(data: bytes, limits: RequestLimits, *, field: str = "image") -
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise InvalidRequest(f"{field}.data is empty; send an encoded image ({', '.join(IMAGE_FORMATS)})")
+        raise InvalidRequest(f"{field}.data is empty; send an encoded image ({', '.join(IMAGE_FORMATS)})", field=field)
     if len(data) > limits.max_image_bytes:
-        raise InvalidRequest(f"{field}.data must be at most {limits.max_image_bytes} bytes, got {len(data)}")
+        raise InvalidRequest(
+            f"{field}.data must be at most {limits.max_image_bytes} bytes, got {len(data)}", field=field
+        )
     try:
         with Image.open(io.BytesIO(data)) as img:
             info = ImageInfo(img.format or "", img.width, img.height)
     except Image.DecompressionBombError:  # PIL's own guard fires on headers far beyond any sane limit
-        raise InvalidRequest(f"{field} must have at most {limits.max_image_pixels} pixels, got far more") from None
+        raise InvalidRequest(
+            f"{field} must have at most {limits.max_image_pixels} pixels, got far more", field=field
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise InvalidRequest(
-            f"{field}.data is not a decodable image; allowed formats: {', '.join(IMAGE_FORMATS)}"
+            f"{field}.data is not a decodable image; allowed formats: {', '.join(IMAGE_FORMATS)}",
+            field=field,
         ) from None
     if info.format not in IMAGE_FORMATS:
-        raise InvalidRequest(f"{field} format {info.format} is not allowed; allowed: {', '.join(IMAGE_FORMATS)}")
+        raise InvalidRequest(
+            f"{field} format {info.format} is not allowed; allowed: {', '.join(IMAGE_FORMATS)}", field=field
+        )
     if info.width * info.height > limits.max_image_pixels:
         raise InvalidRequest(
-            f"{field} must have at most {limits.max_image_pixels} pixels, got {info.width}x{info.height}"
+            f"{field} must have at most {limits.max_image_pixels} pixels, got {info.width}x{info.height}",
+            field=field,
         )
     return info
 
@@ -76,24 +84,30 @@ def inspect_audio(data: bytes, limits: RequestLimits, *, field: str = "audio") -
     import soundfile
 
     if not data:
-        raise InvalidRequest(f"{field}.data is empty; send an encoded clip ({', '.join(AUDIO_FORMATS)})")
+        raise InvalidRequest(f"{field}.data is empty; send an encoded clip ({', '.join(AUDIO_FORMATS)})", field=field)
     if len(data) > limits.max_audio_bytes:
-        raise InvalidRequest(f"{field}.data must be at most {limits.max_audio_bytes} bytes, got {len(data)}")
+        raise InvalidRequest(
+            f"{field}.data must be at most {limits.max_audio_bytes} bytes, got {len(data)}", field=field
+        )
     try:
         raw = soundfile.info(io.BytesIO(data))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
         raise InvalidRequest(
-            f"{field}.data is not decodable audio; allowed formats: {', '.join(AUDIO_FORMATS)}"
+            f"{field}.data is not decodable audio; allowed formats: {', '.join(AUDIO_FORMATS)}",
+            field=field,
         ) from None
     info = AudioInfo(raw.format, int(raw.samplerate), int(raw.channels), float(raw.duration))
     if info.format not in AUDIO_FORMATS:
-        raise InvalidRequest(f"{field} format {info.format} is not allowed; allowed: {', '.join(AUDIO_FORMATS)}")
+        raise InvalidRequest(
+            f"{field} format {info.format} is not allowed; allowed: {', '.join(AUDIO_FORMATS)}", field=field
+        )
     if not 0 < info.seconds <= limits.max_audio_seconds:
         raise InvalidRequest(
-            f"{field} duration must be in (0, {limits.max_audio_seconds}] seconds, got {info.seconds:.2f}"
+            f"{field} duration must be in (0, {limits.max_audio_seconds}] seconds, got {info.seconds:.2f}",
+            field=field,
         )
     if not 8_000 <= info.sample_rate <= 192_000:
-        raise InvalidRequest(f"{field} sample rate must be 8000..192000 Hz, got {info.sample_rate}")
+        raise InvalidRequest(f"{field} sample rate must be 8000..192000 Hz, got {info.sample_rate}", field=field)
     return info
 
 

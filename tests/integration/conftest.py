@@ -9,7 +9,6 @@ import time
 
 import grpc
 import pytest
-
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import load_config
 
@@ -34,10 +33,9 @@ def platform(platform_config):
     """Start Ray + Serve + the app once; yields (router port, Serve app handle, engine facts)."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
-    from ray import serve
-
     from gemma_serving.app import build_app
     from gemma_serving.models import build_models
+    from ray import serve
 
     began = time.monotonic()
     build_models(progress=lambda msg: print(f"[build-models] {msg}", flush=True))

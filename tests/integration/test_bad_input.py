@@ -2,7 +2,6 @@
 
 import grpc
 import pytest
-
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import audio_part, image_part, message
 from gemma_serving.client.samples import sample_png

@@ -1,7 +1,6 @@
 """Image+text (Gemma 3 vision) and audio+text (Gemma 3n) end to end on vLLM."""
 
 import pytest
-
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import audio_part, image_part, message
 from gemma_serving.client.samples import sample_png, sample_wav

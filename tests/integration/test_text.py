@@ -4,7 +4,6 @@ import time
 
 import grpc
 import pytest
-
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import message
 

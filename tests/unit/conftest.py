@@ -6,7 +6,6 @@ from typing import AsyncIterator
 
 import grpc
 import pytest
-
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServiceKind, parse_config
 from gemma_serving.engines.fake import FakeEngine

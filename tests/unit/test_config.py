@@ -1,5 +1,4 @@
 import pytest
-
 from gemma_serving.config import ServiceKind, load_config, parse_config
 from gemma_serving.errors import InvalidRequest
 

@@ -2,7 +2,6 @@ import pickle
 
 import grpc
 import pytest
-
 from gemma_serving import errors
 
 TABLE = [
@@ -36,5 +35,5 @@ def test_every_error_class_is_in_the_table():
 
 @pytest.mark.parametrize("cls", [row[0] for row in TABLE])
 def test_errors_survive_pickling_across_processes(cls):
-    copy = pickle.loads(pickle.dumps(cls("msg")))
-    assert type(copy) is cls and copy.message == "msg"
+    copy = pickle.loads(pickle.dumps(cls("msg", field="a.b", retry_after_s=1.5)))
+    assert type(copy) is cls and (copy.message, copy.field, copy.retry_after_s) == ("msg", "a.b", 1.5)

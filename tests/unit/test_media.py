@@ -2,12 +2,11 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from gemma_serving.client.samples import sample_png, sample_wav
 from gemma_serving.config import RequestLimits
 from gemma_serving.errors import InvalidRequest
 from gemma_serving.media import decode_audio, decode_image, inspect_audio, inspect_image
+from PIL import Image
 
 
 def test_image_header_is_read_without_decoding():

@@ -4,7 +4,6 @@ import asyncio
 
 import grpc
 import pytest
-
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import message
 from gemma_serving.config import ServiceKind
@@ -108,9 +107,8 @@ async def test_unexpected_failure_is_internal_with_only_a_request_id(router):
 
 
 async def test_health_reports_not_serving_until_marked(config):
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     from gemma_serving.router.server import mark_serving, start_grpc_server
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     server, port, health_servicer = await start_grpc_server(config, backend=None, serving=False)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -120,3 +118,47 @@ async def test_health_reports_not_serving_until_marked(config):
         await mark_serving(health_servicer, True)
         assert (await stub.Check(check)).status == health_pb2.HealthCheckResponse.SERVING
     await server.stop(0)
+
+
+def _details(error: grpc.aio.AioRpcError) -> dict:
+    from google.rpc import error_details_pb2, status_pb2
+
+    raw = dict(error.trailing_metadata())["grpc-status-details-bin"]
+    status = status_pb2.Status.FromString(raw)
+    assert status.code == error.code().value[0] and status.message == error.details()
+    found = {}
+    for detail in status.details:
+        for cls in (error_details_pb2.BadRequest, error_details_pb2.RetryInfo, error_details_pb2.RequestInfo):
+            if detail.Is(cls.DESCRIPTOR):
+                msg = cls()
+                detail.Unpack(msg)
+                found[cls.__name__] = msg
+    return found
+
+
+async def test_invalid_field_comes_back_as_a_bad_request_field_violation(router):
+    stub, _ = router
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(request(max_tokens=0))
+    details = _details(info.value)
+    violation = details["BadRequest"].field_violations[0]
+    assert violation.field == "sampling.max_tokens" and "got 0" in violation.description
+    assert len(details["RequestInfo"].request_id) == 32
+
+
+async def test_overload_comes_back_with_retry_info(router):
+    from gemma_serving.errors import Overloaded
+
+    stub, backend = router
+
+    async def full(*args, **kwargs):
+        raise Overloaded("text service is at capacity", retry_after_s=1.5)
+        yield
+
+    backend.engines[ServiceKind.TEXT].generate = full
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Generate(request())
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    delay = _details(info.value)["RetryInfo"].retry_delay
+    assert (delay.seconds, delay.nanos) == (1, 500_000_000)
+    assert dict(info.value.trailing_metadata())["retry-after-ms"] == "1500"

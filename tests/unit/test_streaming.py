@@ -1,7 +1,6 @@
 import asyncio
 
 import pytest
-
 from gemma_serving.deployments.streaming import coalesce
 from gemma_serving.engines.types import Chunk, FinishReason
 

@@ -1,5 +1,4 @@
 import pytest
-
 from gemma_serving.client.samples import sample_png, sample_wav
 from gemma_serving.config import ServiceKind
 from gemma_serving.engines.types import AudioPart, GenerationRequest, ImagePart, Message, Sampling, TextPart

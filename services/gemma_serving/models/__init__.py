@@ -7,7 +7,6 @@ and returns its directory; any other source is returned as a local path.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from .build import MODEL_NAMES, build_models, default_cache_dir, resolve_model_source

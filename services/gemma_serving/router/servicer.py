@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 import uuid
 from typing import AsyncIterator
-
-import grpc
 
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
@@ -18,6 +15,7 @@ from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.errors import DeadlineExceeded, GemmaServingError
 from gemma_serving.router.backends import Backend
+from gemma_serving.router.status import abort_with
 from gemma_serving.router.validation import validate_request
 
 log = logging.getLogger(__name__)
@@ -66,7 +64,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 raise GemmaServingError("the engine returned no output")
             return response_to_pb("".join(texts), last, request_id, request.model)
         except Exception as exc:
-            await _abort(context, exc, request_id)
+            await abort_with(context, exc, request_id)
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateChunk]:
         request_id = _new_request_id()
@@ -74,7 +72,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             async for chunk in self._chunks(request, context, request_id):
                 yield chunk_to_pb(chunk, request_id)
         except Exception as exc:
-            await _abort(context, exc, request_id)
+            await abort_with(context, exc, request_id)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         models = [
@@ -92,15 +90,3 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
 def _new_request_id() -> str:
     return uuid.uuid4().hex
-
-
-async def _abort(context, exc: Exception, request_id: str) -> None:
-    """End the RPC with the status of `exc`; unexpected errors become INTERNAL with only the request id."""
-    if isinstance(exc, GemmaServingError) and exc.grpc_code != "INTERNAL":
-        code, message = grpc.StatusCode[exc.grpc_code], exc.message
-        log.info("request %s failed: %s %s", request_id, exc.grpc_code, message)
-    else:
-        code, message = grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}"
-        log.error("request %s failed unexpectedly at %.0f", request_id, time.time(), exc_info=exc)
-    context.set_trailing_metadata((("request-id", request_id),))
-    await context.abort(code, message)

@@ -28,10 +28,10 @@ def validate_request(request: GenerationRequest, config: ServingConfig) -> tuple
 def _service(model: str, config: ServingConfig) -> ServiceKind:
     names = ", ".join(s.model.name for s in config.services.values())
     if not model:
-        raise InvalidRequest(f"model is required; available models: {names}")
+        raise InvalidRequest(f"model is required; available models: {names}", field="model")
     kind = config.service_for_model(model)
     if kind is None:
-        raise ModelNotFound(f"model '{model[:128]}' is not served here; available models: {names}")
+        raise ModelNotFound(f"model '{model[:128]}' is not served here; available models: {names}", field="model")
     return kind
 
 
@@ -39,32 +39,40 @@ def _check_messages(request: GenerationRequest, config: ServingConfig) -> None:
     limits = config.limits
     n = len(request.messages)
     if not 1 <= n <= limits.max_messages:
-        raise InvalidRequest(f"messages must hold 1..{limits.max_messages} messages, got {n}")
+        raise InvalidRequest(f"messages must hold 1..{limits.max_messages} messages, got {n}", field="messages")
     text_chars = images = audios = 0
     expected = "user"
     for i, message in enumerate(request.messages):
         where = f"messages[{i}]"
         if message.role not in ROLES:
-            raise InvalidRequest(f"{where}.role must be one of {', '.join(ROLES)}, got '{message.role[:32]}'")
+            raise InvalidRequest(
+                f"{where}.role must be one of {', '.join(ROLES)}, got '{message.role[:32]}'", field=f"{where}.role"
+            )
         if message.role == "system":
             if i != 0:
-                raise InvalidRequest(f"{where}.role: a system message is allowed only as the first message")
+                raise InvalidRequest(
+                    f"{where}.role: a system message is allowed only as the first message", field=f"{where}.role"
+                )
         elif message.role != expected:
             raise InvalidRequest(
                 f"{where}.role must be '{expected}': after an optional system message, roles alternate "
-                f"user/assistant starting with user"
+                f"user/assistant starting with user",
+                field=f"{where}.role",
             )
         else:
             expected = "assistant" if expected == "user" else "user"
         if not 1 <= len(message.parts) <= limits.max_parts_per_message:
             raise InvalidRequest(
-                f"{where}.parts must hold 1..{limits.max_parts_per_message} parts, got {len(message.parts)}"
+                f"{where}.parts must hold 1..{limits.max_parts_per_message} parts, got {len(message.parts)}",
+                field=f"{where}.parts",
             )
         for j, part in enumerate(message.parts):
             field = f"{where}.parts[{j}]"
             if isinstance(part, TextPart):
                 if not part.text.strip():
-                    raise InvalidRequest(f"{field}.text is empty; send non-blank text or omit the part")
+                    raise InvalidRequest(
+                        f"{field}.text is empty; send non-blank text or omit the part", field=f"{field}.text"
+                    )
                 text_chars += len(part.text)
             elif isinstance(part, ImagePart):
                 images += 1
@@ -73,25 +81,28 @@ def _check_messages(request: GenerationRequest, config: ServingConfig) -> None:
                 audios += 1
                 inspect_audio(part.data, limits, field=f"{field}.audio")
     if request.messages[-1].role != "user":
-        raise InvalidRequest("the last message must have role 'user'")
+        raise InvalidRequest("the last message must have role 'user'", field=f"messages[{n - 1}].role")
     if text_chars > limits.max_text_chars:
-        raise InvalidRequest(f"total text must be at most {limits.max_text_chars} characters, got {text_chars}")
+        raise InvalidRequest(
+            f"total text must be at most {limits.max_text_chars} characters, got {text_chars}", field="messages"
+        )
     if images > limits.max_images:
-        raise InvalidRequest(f"a request may carry at most {limits.max_images} images, got {images}")
+        raise InvalidRequest(f"a request may carry at most {limits.max_images} images, got {images}", field="messages")
     if audios > limits.max_audios:
-        raise InvalidRequest(f"a request may carry at most {limits.max_audios} audio clips, got {audios}")
+        raise InvalidRequest(
+            f"a request may carry at most {limits.max_audios} audio clips, got {audios}", field="messages"
+        )
 
 
 def _check_modalities(request: GenerationRequest, kind: ServiceKind, config: ServingConfig) -> None:
     accepts = SERVICE_MODALITIES[kind]
     extra = sorted(request.modalities() - set(accepts))
     if extra:
-        able = [
-            s.model.name for k, s in config.services.items() if set(extra) <= set(SERVICE_MODALITIES[k])
-        ]
+        able = [s.model.name for k, s in config.services.items() if set(extra) <= set(SERVICE_MODALITIES[k])]
         hint = f"; models that accept it: {', '.join(able)}" if able else ""
         raise InvalidRequest(
-            f"model {request.model} accepts {', '.join(accepts)} input only, got {', '.join(extra)}{hint}"
+            f"model {request.model} accepts {', '.join(accepts)} input only, got {', '.join(extra)}{hint}",
+            field="messages",
         )
 
 
@@ -101,17 +112,24 @@ def _check_sampling(s: Sampling, kind: ServiceKind, config: ServingConfig) -> Sa
     max_tokens = model.default_max_tokens if s.max_tokens is None else s.max_tokens
     if not 1 <= max_tokens <= model.max_output_tokens:
         raise InvalidRequest(
-            f"sampling.max_tokens must be 1..{model.max_output_tokens} for model {model.name}, got {max_tokens}"
+            f"sampling.max_tokens must be 1..{model.max_output_tokens} for model {model.name}, got {max_tokens}",
+            field="sampling.max_tokens",
         )
     if s.temperature is not None and not (math.isfinite(s.temperature) and 0 <= s.temperature <= 2):
-        raise InvalidRequest(f"sampling.temperature must be 0..2, got {s.temperature}")
+        raise InvalidRequest(f"sampling.temperature must be 0..2, got {s.temperature}", field="sampling.temperature")
     if s.top_p is not None and not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
-        raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {s.top_p}")
+        raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {s.top_p}", field="sampling.top_p")
     if s.top_k is not None and s.top_k < 0:
-        raise InvalidRequest(f"sampling.top_k must be >= 0 (0 disables it), got {s.top_k}")
+        raise InvalidRequest(f"sampling.top_k must be >= 0 (0 disables it), got {s.top_k}", field="sampling.top_k")
     if len(s.stop) > limits.max_stop_sequences:
-        raise InvalidRequest(f"sampling.stop may hold at most {limits.max_stop_sequences} strings, got {len(s.stop)}")
+        raise InvalidRequest(
+            f"sampling.stop may hold at most {limits.max_stop_sequences} strings, got {len(s.stop)}",
+            field="sampling.stop",
+        )
     for i, stop in enumerate(s.stop):
         if not 1 <= len(stop) <= limits.max_stop_chars:
-            raise InvalidRequest(f"sampling.stop[{i}] must be 1..{limits.max_stop_chars} characters, got {len(stop)}")
+            raise InvalidRequest(
+                f"sampling.stop[{i}] must be 1..{limits.max_stop_chars} characters, got {len(stop)}",
+                field=f"sampling.stop[{i}]",
+            )
     return dataclasses.replace(s, max_tokens=max_tokens)
