@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import AsyncIterator
 
 import grpc
 import pytest
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
-from gemma_serving.config import ServiceKind, parse_config
+from gemma_serving.config import ServiceConfig, ServiceKind, parse_config
+from gemma_serving.deployments.modality import ModalityDeployment
 from gemma_serving.engines.fake import FakeEngine
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.router.server import start_grpc_server
@@ -23,17 +25,27 @@ CONFIG = {
 }
 
 
-class EngineBackend:
-    """Router backend that calls engines in-process: unit tests of router logic only."""
+class InProcessBackend:
+    """Router backend that calls ModalityDeployment objects in-process (no Ray) over FakeEngines."""
 
-    def __init__(self, engines: dict[ServiceKind, FakeEngine]) -> None:
-        self.engines = engines
+    def __init__(self, deployments: dict[ServiceKind, ModalityDeployment]) -> None:
+        self.deployments = deployments
+        self.engines = {kind: d.engine for kind, d in deployments.items()}
         self.requests: list[GenerationRequest] = []
 
     async def stream(self, kind: ServiceKind, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
         self.requests.append(request)
-        async for chunk in self.engines[kind].generate(request, request_id=request_id):
+        async for chunk in self.deployments[kind].generate(request, request_id):
             yield chunk
+
+
+async def make_deployment(kind: ServiceKind, service: ServiceConfig, engine: FakeEngine) -> ModalityDeployment:
+    """A ModalityDeployment built outside Ray (its async __init__ is awaited the way Serve does)."""
+    deployment = ModalityDeployment.__new__(ModalityDeployment)
+    await deployment.__init__(
+        kind.value, service.model_dump(mode="json"), engine_factory=lambda *_: engine, checkpoint_resolver=Path
+    )
+    return deployment
 
 
 @pytest.fixture
@@ -43,8 +55,11 @@ def config():
 
 @pytest.fixture
 async def router(config):
-    engines = {kind: FakeEngine(step_delay_s=0.005) for kind in config.services}
-    backend = EngineBackend(engines)
+    deployments = {
+        kind: await make_deployment(kind, service, FakeEngine(step_delay_s=0.005))
+        for kind, service in config.services.items()
+    }
+    backend = InProcessBackend(deployments)
     server, port, _ = await start_grpc_server(config, backend)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     yield pb_grpc.InferenceStub(channel), backend

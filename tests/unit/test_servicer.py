@@ -162,3 +162,25 @@ async def test_overload_comes_back_with_retry_info(router):
     delay = _details(info.value)["RetryInfo"].retry_delay
     assert (delay.seconds, delay.nanos) == (1, 500_000_000)
     assert dict(info.value.trailing_metadata())["retry-after-ms"] == "1500"
+
+
+async def test_server_side_maximum_request_time_aborts_with_deadline_exceeded(config):
+    from gemma_serving.config import parse_config
+    from gemma_serving.engines.fake import FakeEngine
+    from gemma_serving.router.server import start_grpc_server
+
+    from tests.unit.conftest import CONFIG, InProcessBackend, make_deployment
+
+    capped = parse_config({**CONFIG, "router": {"port": 0, "max_request_seconds": 0.2}})
+    engine = FakeEngine(step_delay_s=0.01)
+    text = await make_deployment(ServiceKind.TEXT, capped.services[ServiceKind.TEXT], engine)
+    server, port, _ = await start_grpc_server(capped, InProcessBackend({ServiceKind.TEXT: text}))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        from gemma_serving.api import inference_pb2_grpc as pb_grpc
+
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.InferenceStub(channel).Generate(request(max_tokens=100), timeout=30)
+    await server.stop(0)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "deadline" in info.value.details()
+    assert engine.aborted and not engine.in_flight

@@ -48,3 +48,26 @@ async def test_closing_early_closes_the_source():
         break
     await stream.aclose()
     assert closed == [True]
+
+
+async def test_deadline_closes_the_source_and_raises_deadline_exceeded():
+    import time
+
+    from gemma_serving.errors import DeadlineExceeded
+
+    closed, seen = [], []
+    with pytest.raises(DeadlineExceeded):
+        async for c in coalesce(_source(1000, delay=0.01, closed=closed), deadline=time.time() + 0.1):
+            seen.append(c)
+    assert closed == [True] and 3 <= len(seen) < 20
+
+
+async def test_past_deadline_fails_before_any_output():
+    import time
+
+    from gemma_serving.errors import DeadlineExceeded
+
+    closed = []
+    with pytest.raises(DeadlineExceeded):
+        async for _ in coalesce(_source(5, closed=closed), deadline=time.time() - 1):
+            pass

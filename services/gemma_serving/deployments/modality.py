@@ -7,6 +7,7 @@ It never parses protobuf and knows nothing of tenants.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -63,7 +64,7 @@ def decode_media(request: GenerationRequest, accepts: tuple[str, ...]) -> Genera
         return part
 
     messages = tuple(Message(m.role, tuple(decode(p) for p in m.parts)) for m in request.messages)
-    return GenerationRequest(request.model, messages, request.sampling, request.trace_context)
+    return dataclasses.replace(request, messages=messages)
 
 
 class ModalityDeployment:
@@ -87,7 +88,8 @@ class ModalityDeployment:
     async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
         """Stream chunks for a validated request (called through a streaming deployment handle)."""
         decoded = await asyncio.to_thread(decode_media, request, self.accepts) if _has_media(request) else request
-        async for chunk in coalesce(self.engine.generate(decoded, request_id=request_id)):
+        stream = self.engine.generate(decoded, request_id=request_id)
+        async for chunk in coalesce(stream, deadline=request.deadline):
             yield chunk
 
     async def describe(self) -> dict:

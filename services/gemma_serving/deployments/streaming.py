@@ -8,22 +8,35 @@ arrives.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import AsyncIterator
 
 from gemma_serving.engines.types import Chunk
+from gemma_serving.errors import DeadlineExceeded
 
 _DONE = object()
 
 
-async def coalesce(source: AsyncIterator[Chunk], *, max_pending: int = 256) -> AsyncIterator[Chunk]:
-    """Yield chunks from `source`, merging those that are ready at once. Closing this closes `source`."""
+async def coalesce(
+    source: AsyncIterator[Chunk], *, deadline: float | None = None, max_pending: int = 256
+) -> AsyncIterator[Chunk]:
+    """Yield chunks from `source`, merging those that are ready at once. Closing this closes `source`.
+
+    Past `deadline` (time.time() seconds) the source is closed (which aborts the engine request) and
+    DeadlineExceeded is raised. The timer lives in the pump task, so it never fires inside the consumer's code.
+    """
     queue: asyncio.Queue = asyncio.Queue(max_pending)
+    remaining = None if deadline is None else deadline - time.time()
 
     async def pump() -> None:
         try:
-            async for chunk in source:
-                await queue.put(chunk)
+            async with asyncio.timeout(remaining):
+                async for chunk in source:
+                    await queue.put(chunk)
             await queue.put(_DONE)
+        except TimeoutError:
+            await source.aclose()
+            await queue.put(DeadlineExceeded("the request passed its deadline and was aborted"))
         except Exception as exc:  # handed to the consumer, which re-raises it in its own task
             await queue.put(exc)
 

@@ -79,6 +79,8 @@ class GenerationRequest:
     messages: tuple[Message, ...]
     sampling: Sampling
     trace_context: dict[str, str] = field(default_factory=dict)
+    #: Absolute deadline (time.time() seconds): the client's gRPC deadline capped by the server's maximum.
+    deadline: float | None = None
 
     def modalities(self) -> set[str]:
         """Input modalities used by the request ("text", "image", "audio")."""

@@ -29,7 +29,9 @@ def translate_ray_error(exc: BaseException) -> BaseException:
     if isinstance(exc, GemmaServingError):
         return type(exc)(exc.message)  # a clean copy, without Ray's traceback text
     if isinstance(exc, BackPressureError):
-        return Overloaded("the service is at capacity (in-flight and queued requests); retry shortly", retry_after_s=1.0)
+        return Overloaded(
+            "the service is at capacity (in-flight and queued requests); retry shortly", retry_after_s=1.0
+        )
     if isinstance(exc, (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)):
         return ReplicaGone("the replica serving this request went away; retry")
     return exc

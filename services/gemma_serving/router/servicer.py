@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import hashlib
 import logging
+import time
 import uuid
 from typing import AsyncIterator
 
@@ -13,7 +14,7 @@ from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk, GenerationRequest
-from gemma_serving.errors import DeadlineExceeded, GemmaServingError
+from gemma_serving.errors import GemmaServingError
 from gemma_serving.router.backends import Backend
 from gemma_serving.router.status import abort_with
 from gemma_serving.router.validation import validate_request
@@ -40,16 +41,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def _chunks(self, request: pb.GenerateRequest, context, request_id: str) -> AsyncIterator[Chunk]:
         domain = request_from_pb(request)
         kind, domain = validate_request(domain, self._config)
+        budget = self._config.router.max_request_seconds
+        remaining = context.time_remaining()
+        # The deadline travels with the request; the deployment aborts the engine request when it passes.
+        domain = dataclasses.replace(domain, deadline=time.time() + min(budget, remaining or budget))
         log.info("request %s model=%s service=%s prompt=%s", request_id, domain.model, kind.value,
                  prompt_digest(domain))
-        remaining = context.time_remaining()
         stream = self._backend.stream(kind, domain, request_id)
         try:
-            async with asyncio.timeout(remaining):
-                async for chunk in stream:
-                    yield chunk
-        except TimeoutError:
-            raise DeadlineExceeded(f"request {request_id} did not finish within its deadline") from None
+            async for chunk in stream:
+                yield chunk
         finally:
             await stream.aclose()
 
