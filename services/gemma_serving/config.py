@@ -140,6 +140,9 @@ class RouterSettings(Strict):
     num_cpus: float = Field(0.25, ge=0, description="Ray CPU bookkeeping per router replica.")
     max_concurrent_rpcs: int = Field(1024, gt=0, description="RPCs one router replica serves at once.")
     grace_period_s: float = Field(10, ge=0, le=600, description="Drain time for in-flight RPCs at shutdown.")
+    drain_notice_s: float = Field(
+        2, ge=0, le=120, description="Time health reports NOT_SERVING before new RPCs are refused at shutdown."
+    )
     max_request_seconds: float = Field(
         600, gt=0, le=86400, description="Longest any request may run; caps (or stands in for) the client deadline."
     )

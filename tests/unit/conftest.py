@@ -33,6 +33,9 @@ class InProcessBackend:
         self.engines = {kind: d.engine for kind, d in deployments.items()}
         self.requests: list[GenerationRequest] = []
 
+    async def probe(self, kind: ServiceKind) -> None:
+        await self.deployments[kind].check_health()
+
     async def stream(self, kind: ServiceKind, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
         self.requests.append(request)
         async for chunk in self.deployments[kind].generate(request, request_id):
@@ -60,8 +63,10 @@ async def router(config):
         for kind, service in config.services.items()
     }
     backend = InProcessBackend(deployments)
-    server, port, _ = await start_grpc_server(config, backend)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    router = await start_grpc_server(config, backend, health_interval_s=0.1)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
+    backend.router = router
+    backend.channel = channel
     yield pb_grpc.InferenceStub(channel), backend
     await channel.close()
-    await server.stop(0)
+    await router.drain_and_stop(0)

@@ -106,20 +106,6 @@ async def test_unexpected_failure_is_internal_with_only_a_request_id(router):
     assert dict(info.value.trailing_metadata())["request-id"] in info.value.details()
 
 
-async def test_health_reports_not_serving_until_marked(config):
-    from gemma_serving.router.server import mark_serving, start_grpc_server
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    server, port, health_servicer = await start_grpc_server(config, backend=None, serving=False)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        check = health_pb2.HealthCheckRequest(service="gemma.serving.v1.Inference")
-        assert (await stub.Check(check)).status == health_pb2.HealthCheckResponse.NOT_SERVING
-        await mark_serving(health_servicer, True)
-        assert (await stub.Check(check)).status == health_pb2.HealthCheckResponse.SERVING
-    await server.stop(0)
-
-
 def _details(error: grpc.aio.AioRpcError) -> dict:
     from google.rpc import error_details_pb2, status_pb2
 
@@ -174,13 +160,15 @@ async def test_server_side_maximum_request_time_aborts_with_deadline_exceeded(co
     capped = parse_config({**CONFIG, "router": {"port": 0, "max_request_seconds": 0.2}})
     engine = FakeEngine(step_delay_s=0.01)
     text = await make_deployment(ServiceKind.TEXT, capped.services[ServiceKind.TEXT], engine)
-    server, port, _ = await start_grpc_server(capped, InProcessBackend({ServiceKind.TEXT: text}))
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    capped = parse_config({**CONFIG, "router": {"port": 0, "max_request_seconds": 0.2},
+                           "services": {"text": CONFIG["services"]["text"]}})
+    router = await start_grpc_server(capped, InProcessBackend({ServiceKind.TEXT: text}))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
         from gemma_serving.api import inference_pb2_grpc as pb_grpc
 
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await pb_grpc.InferenceStub(channel).Generate(request(max_tokens=100), timeout=30)
-    await server.stop(0)
+    await router.drain_and_stop(0)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "deadline" in info.value.details()
     assert engine.aborted and not engine.in_flight

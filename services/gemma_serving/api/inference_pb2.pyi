@@ -20,6 +20,14 @@ class Modality(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODALITY_TEXT: _ClassVar[Modality]
     MODALITY_IMAGE: _ClassVar[Modality]
     MODALITY_AUDIO: _ClassVar[Modality]
+
+class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATUS_UNSPECIFIED: _ClassVar[ModelStatus]
+    MODEL_STATUS_READY: _ClassVar[ModelStatus]
+    MODEL_STATUS_STARTING: _ClassVar[ModelStatus]
+    MODEL_STATUS_UNAVAILABLE: _ClassVar[ModelStatus]
+    MODEL_STATUS_SCALED_TO_ZERO: _ClassVar[ModelStatus]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -28,6 +36,11 @@ MODALITY_UNSPECIFIED: Modality
 MODALITY_TEXT: Modality
 MODALITY_IMAGE: Modality
 MODALITY_AUDIO: Modality
+MODEL_STATUS_UNSPECIFIED: ModelStatus
+MODEL_STATUS_READY: ModelStatus
+MODEL_STATUS_STARTING: ModelStatus
+MODEL_STATUS_UNAVAILABLE: ModelStatus
+MODEL_STATUS_SCALED_TO_ZERO: ModelStatus
 
 class Image(_message.Message):
     __slots__ = ("data", "mime_type")
@@ -130,18 +143,20 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "service", "input_modalities", "context_length", "max_output_tokens")
+    __slots__ = ("name", "service", "input_modalities", "context_length", "max_output_tokens", "status")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     INPUT_MODALITIES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     service: str
     input_modalities: _containers.RepeatedScalarFieldContainer[Modality]
     context_length: int
     max_output_tokens: int
-    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., input_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., context_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ...) -> None: ...
+    status: ModelStatus
+    def __init__(self, name: _Optional[str] = ..., service: _Optional[str] = ..., input_modalities: _Optional[_Iterable[_Union[Modality, str]]] = ..., context_length: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., status: _Optional[_Union[ModelStatus, str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

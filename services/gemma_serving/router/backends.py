@@ -18,6 +18,9 @@ class Backend(Protocol):
 
     def stream(self, kind: ServiceKind, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]: ...
 
+    async def probe(self, kind: ServiceKind) -> None:
+        """Return if the service's engine is healthy; raise otherwise."""
+
 
 def translate_ray_error(exc: BaseException) -> BaseException:
     """The platform error for an exception raised through a deployment handle (or `exc` itself if unknown)."""
@@ -42,6 +45,13 @@ class ServeHandleBackend:
 
     def __init__(self, handles: dict[str, Any]) -> None:
         self._handles = {ServiceKind(k): h.options(stream=True) for k, h in handles.items()}
+        self._unary = {ServiceKind(k): h for k, h in handles.items()}
+
+    async def probe(self, kind: ServiceKind) -> None:
+        try:
+            await self._unary[kind].check_health.remote()
+        except Exception as exc:
+            raise translate_ray_error(exc) from None
 
     async def stream(self, kind: ServiceKind, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
         handle = self._handles.get(kind)

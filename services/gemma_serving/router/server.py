@@ -1,22 +1,26 @@
 """The router: a grpc.aio server running inside a Ray Serve replica, in front of the services' handles.
 
-Why not Serve's native gRPC proxy: it adds a hop (proxy -> router replica -> service replica) that cost 2x the
-per-call latency and a third of streamed throughput here, and it swallowed client cancellation in one of three runs
-(README, Design). Our server takes the client's connection directly in the router replica; replicas share the port
-via SO_REUSEPORT, and KubeRay exposes it like any container port.
+Why not Serve's native gRPC proxy: it adds a hop (proxy -> router replica -> service replica) that costs latency and
+streamed throughput, and it swallowed client cancellation in one of three runs (README, Design). Our server takes the
+client's connection directly in the router replica; replicas share the port via SO_REUSEPORT, and KubeRay exposes it
+like any container port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
+from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
 from gemma_serving.router.backends import Backend, ServeHandleBackend
+from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
@@ -24,16 +28,24 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 2**20
 
 
-INFERENCE_SERVICE = "gemma.serving.v1.Inference"
+@dataclass
+class RouterServer:
+    server: grpc.aio.Server
+    port: int
+    health: ServiceHealth
+    _probing: asyncio.Task
+
+    async def drain_and_stop(self, grace_s: float, notice_s: float = 0.0) -> None:
+        """Graceful drain: health NOT_SERVING first (for `notice_s`, so load balancers stop sending), then refuse
+        new RPCs (UNAVAILABLE) while in-flight ones finish for up to `grace_s`, then stop."""
+        await self.health.drain()
+        self._probing.cancel()
+        await asyncio.sleep(notice_s)
+        await self.server.stop(grace_s)
 
 
-async def start_grpc_server(
-    config: ServingConfig, backend: Backend, *, serving: bool = True
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    """Start the Inference (and standard grpc.health.v1) server; returns it, its bound port and its health servicer.
-
-    With `serving=False` health reports NOT_SERVING until the caller marks it SERVING (see `mark_serving`).
-    """
+async def start_grpc_server(config: ServingConfig, backend: Backend, *, health_interval_s: float = 5.0) -> RouterServer:
+    """Start the Inference, grpc.health.v1 and reflection services on the configured address."""
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -42,21 +54,20 @@ async def start_grpc_server(
         ],
         maximum_concurrent_rpcs=config.router.max_concurrent_rpcs,
     )
-    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(config, backend), server)
     health_servicer = health.aio.HealthServicer()
+    service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s)
+    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(config, backend, service_health), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    assert names[0] == INFERENCE_SERVICE
     port = server.add_insecure_port(f"{config.router.host}:{config.router.port}")
     if port == 0:
         raise RuntimeError(f"could not bind {config.router.host}:{config.router.port}")
+    await service_health.publish()
     await server.start()
-    await mark_serving(health_servicer, serving)
-    return server, port, health_servicer
-
-
-async def mark_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
-    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    for name in ("", INFERENCE_SERVICE):
-        await health_servicer.set(name, status)
+    probing = asyncio.create_task(service_health.run())
+    return RouterServer(server, port, service_health, probing)
 
 
 class RouterDeployment:
@@ -64,33 +75,17 @@ class RouterDeployment:
 
     async def __init__(self, config: dict, handles: dict) -> None:
         self._config = ServingConfig.model_validate(config)
-        self._server, self._port, self._health = await start_grpc_server(
-            self._config, ServeHandleBackend(handles), serving=False
-        )
-        self._readiness = asyncio.create_task(self._report_ready_when_services_are(handles))
-        log.info("gRPC router listening on %s:%d", self._config.router.host, self._port)
-
-    async def _report_ready_when_services_are(self, handles: dict) -> None:
-        """Health turns SERVING once every service that keeps replicas (min_replicas > 0) has a live one.
-
-        Services that scale to zero do not hold readiness back: their first request waits for a cold start.
-        """
-        waits = [
-            handles[kind.value].describe.remote()
-            for kind, service in self._config.services.items()
-            if service.deployment.autoscaling.min_replicas > 0
-        ]
-        await asyncio.gather(*waits)
-        await mark_serving(self._health, True)
-        log.info("all services ready: router health is SERVING")
+        self._router = await start_grpc_server(self._config, ServeHandleBackend(handles))
+        log.info("gRPC router listening on %s:%d", self._config.router.host, self._router.port)
 
     async def port(self) -> int:
         """The bound port (useful when the config asked for port 0)."""
-        return self._port
+        return self._router.port
 
     async def check_health(self) -> None:
         """Serve health check: the replica is healthy while its server runs."""
 
     async def __del__(self) -> None:
-        # Stop accepting new RPCs, let in-flight ones finish within the grace period.
-        await self._server.stop(self._config.router.grace_period_s)
+        router = getattr(self, "_router", None)
+        if router is not None:
+            await router.drain_and_stop(self._config.router.grace_period_s, self._config.router.drain_notice_s)

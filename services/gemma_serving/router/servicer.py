@@ -16,10 +16,18 @@ from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.errors import GemmaServingError
 from gemma_serving.router.backends import Backend
+from gemma_serving.router.health import ServiceHealth, ServiceState
 from gemma_serving.router.status import abort_with
 from gemma_serving.router.validation import validate_request
 
 log = logging.getLogger(__name__)
+
+MODEL_STATUS_TO_PB = {
+    ServiceState.READY: pb.MODEL_STATUS_READY,
+    ServiceState.STARTING: pb.MODEL_STATUS_STARTING,
+    ServiceState.UNAVAILABLE: pb.MODEL_STATUS_UNAVAILABLE,
+    ServiceState.SCALED_TO_ZERO: pb.MODEL_STATUS_SCALED_TO_ZERO,
+}
 
 
 def prompt_digest(request: GenerationRequest) -> str:
@@ -34,9 +42,10 @@ def prompt_digest(request: GenerationRequest) -> str:
 class InferenceServicer(pb_grpc.InferenceServicer):
     """Implements gemma.serving.v1.Inference over a Backend."""
 
-    def __init__(self, config: ServingConfig, backend: Backend) -> None:
+    def __init__(self, config: ServingConfig, backend: Backend, health: ServiceHealth) -> None:
         self._config = config
         self._backend = backend
+        self._health = health
 
     async def _chunks(self, request: pb.GenerateRequest, context, request_id: str) -> AsyncIterator[Chunk]:
         domain = request_from_pb(request)
@@ -83,6 +92,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 input_modalities=[MODALITY_TO_PB[m] for m in SERVICE_MODALITIES[kind]],
                 context_length=s.model.engine.max_model_len,
                 max_output_tokens=s.model.max_output_tokens,
+                status=MODEL_STATUS_TO_PB[self._health.states[kind]],
             )
             for kind, s in self._config.services.items()
         ]
