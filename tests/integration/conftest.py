@@ -13,6 +13,17 @@ from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import load_config
 
 
+#: Facts about the session's platform, printed in pytest's terminal summary (engine start times).
+PLATFORM_FACTS: dict[str, str] = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if PLATFORM_FACTS:
+        terminalreporter.section("platform")
+        for key, value in PLATFORM_FACTS.items():
+            terminalreporter.write_line(f"{key}: {value}")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,7 +50,7 @@ def platform(platform_config):
 
     began = time.monotonic()
     build_models(progress=lambda msg: print(f"[build-models] {msg}", flush=True))
-    print(f"[platform] models ready after {time.monotonic() - began:.1f} s", flush=True)
+    models_ready = time.monotonic() - began
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
     handle = serve.run(build_app(platform_config), name=platform_config.app_name, route_prefix=None)
@@ -49,8 +60,9 @@ def platform(platform_config):
         for kind in ("text", "vision", "audio")
     }
     for kind, fact in facts.items():
-        print(f"[platform] {kind}: engine start {fact['engine_start_seconds']:.1f} s", flush=True)
-    print(f"[platform] app running after {time.monotonic() - began:.1f} s on port {port}", flush=True)
+        PLATFORM_FACTS[f"{kind} engine start ({fact['model']})"] = f"{fact['engine_start_seconds']:.1f} s"
+    PLATFORM_FACTS["models built or found"] = f"{models_ready:.1f} s"
+    PLATFORM_FACTS["platform ready (Ray + Serve + 3 engines, started together)"] = f"{time.monotonic() - began:.1f} s"
     yield port, handle, facts
     serve.shutdown()
     ray.shutdown()
