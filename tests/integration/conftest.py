@@ -12,7 +12,6 @@ import pytest
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import load_config
 
-
 #: Facts about the session's platform, printed in pytest's terminal summary (engine start times).
 PLATFORM_FACTS: dict[str, str] = {}
 
@@ -34,6 +33,8 @@ def _free_port() -> int:
 def platform_config():
     data = load_config().model_dump(mode="json")
     data["router"]["port"] = 0
+    # Small admission limits on text so the overload test can exceed them: 32 running + 32 queued per router.
+    data["services"]["text"]["deployment"].update(max_ongoing_requests=32, max_queued_requests=32)
     from gemma_serving.config import parse_config
 
     return parse_config(data)

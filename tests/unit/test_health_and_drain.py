@@ -3,7 +3,6 @@
 import asyncio
 
 import grpc
-import pytest
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import message
 from gemma_serving.config import ServiceKind
