@@ -45,20 +45,20 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Serve's proxies bind with SO_REUSEPORT by default: another cluster on this box could silently share our port.
 os.environ.setdefault("SERVE_SOCKET_REUSE_PORT_ENABLED", "0")
 
-import grpc  # noqa: E402
-
-from gemma_serving.api import inference_pb2 as pb  # noqa: E402
-from gemma_serving.api import inference_pb2_grpc as pb_grpc  # noqa: E402
-from gemma_serving.config import ServiceKind, ServingConfig, parse_config  # noqa: E402
-from gemma_serving.engines.fake import FakeEngine  # noqa: E402
-from gemma_serving.engines.types import Chunk, GenerationRequest  # noqa: E402
+import grpc
+from gemma_serving.api import inference_pb2 as pb
+from gemma_serving.api import inference_pb2_grpc as pb_grpc
+from gemma_serving.config import ServiceKind, ServingConfig, parse_config
+from gemma_serving.engines.fake import FakeEngine
+from gemma_serving.engines.types import Chunk, GenerationRequest
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL = "t"
@@ -100,6 +100,12 @@ def progress(msg: str) -> None:
 # Engine (runs inside the text replica for A and B, inside the baseline server process for C)
 
 
+def append_line(path: str, line: str) -> None:
+    """Event log shared by processes (tiny appends; only the cancel test writes)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
 class BenchEngine(FakeEngine):
     """FakeEngine with step_delay_s=0, except long requests (cancel test) step every CANCEL_STEP_DELAY_S.
 
@@ -111,8 +117,7 @@ class BenchEngine(FakeEngine):
         self.log_path = log_path
 
     def _log(self, event: str, request_id: str) -> None:
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(f"{event} {request_id} {time.time():.6f}\n")
+        append_line(self.log_path, f"{event} {request_id} {time.time():.6f}")
 
     async def generate(self, request: GenerationRequest, *, request_id: str) -> AsyncIterator[Chunk]:
         long = request.sampling.max_tokens >= LONG_TOKENS
@@ -193,8 +198,7 @@ class ServeGrpcIngress:
         except (asyncio.CancelledError, GeneratorExit) as exc:
             # Records whether the proxy passed the client's cancel on to this replica (cancel test only).
             if domain.sampling.max_tokens >= LONG_TOKENS:
-                with open(self._log_path, "a", encoding="utf-8") as f:
-                    f.write(f"ingress_{type(exc).__name__} {request_id} {time.time():.6f}\n")
+                append_line(self._log_path, f"ingress_{type(exc).__name__} {request_id} {time.time():.6f}")
             raise
         finally:
             await stream.aclose()
@@ -204,10 +208,9 @@ class ServeGrpcIngress:
 
 
 def build_design_a(config: ServingConfig, engine_factory, log_path: str):
-    from ray import serve
-
     from gemma_serving.app import deployment_options
     from gemma_serving.deployments.modality import ModalityDeployment
+    from ray import serve
 
     service = config.services[ServiceKind.TEXT]
     text = serve.deployment(ModalityDeployment).options(**deployment_options(ServiceKind.TEXT, service))
@@ -233,6 +236,9 @@ class EngineBackend:
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
 
+    async def probe(self, kind: ServiceKind) -> None:
+        await self.engine.check_health()
+
     async def stream(self, kind: ServiceKind, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
         async for chunk in self.engine.generate(request, request_id=request_id):
             yield chunk
@@ -241,7 +247,9 @@ class EngineBackend:
 async def _c_server_main(log_path: str) -> None:
     from gemma_serving.router.server import start_grpc_server
 
-    server, port = await start_grpc_server(parse_config(CONFIG), EngineBackend(BenchEngine(log_path)))
+    started = await start_grpc_server(parse_config(CONFIG), EngineBackend(BenchEngine(log_path)))
+    # The return type has changed across versions: a (server, port, ...) tuple, or an object with both.
+    server, port = started[:2] if isinstance(started, tuple) else (started.server, started.port)
     print(f"PORT {port}", flush=True)
     # Run until the parent closes our stdin.
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -399,7 +407,7 @@ async def cancel_attempt(stub, md, log_path: str) -> dict:
     }
     ingress = {k: v for k, v in ev.items() if k.startswith("ingress_")}
     if ingress:  # design A only: the ingress replica saw the cancel (CancelledError / GeneratorExit)
-        out["ingress_saw_cancel"] = {k[len("ingress_"):]: ms(v - t_cancel) for k, v in ingress.items()}
+        out["ingress_saw_cancel"] = {k[len("ingress_") :]: ms(v - t_cancel) for k, v in ingress.items()}
     return out
 
 
@@ -445,7 +453,7 @@ async def measure(target: str, md, log_path: str, sizes: dict, describe=None) ->
             a["final_state_at_end_of_design"] = (
                 "aborted" if "aborted" in ev else "done" if "done" in ev else "still_running"
             )
-            a["ingress_saw_cancel_by_end"] = sorted(k[len("ingress_"):] for k in ev if k.startswith("ingress_"))
+            a["ingress_saw_cancel_by_end"] = sorted(k[len("ingress_") :] for k in ev if k.startswith("ingress_"))
         out["cancel"] = {
             "attempts": attempts,
             "reached_engine": sum(a["outcome"] == "aborted" for a in attempts),
@@ -512,11 +520,11 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xticks(range(len(vals)), labels, fontsize=8)
         ax.set_title(title, fontsize=9)
         for b, v in zip(bars, vals):
-            ax.annotate(f"{v:g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom",
-                        fontsize=8)
+            ax.annotate(f"{v:g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
     m = results["machine"]
-    fig.suptitle(f"Router designs, FakeEngine, {m['cpu_count']} cores, ray {m['ray']}, python {m['python']}",
-                 fontsize=10)
+    fig.suptitle(
+        f"Router designs, FakeEngine, {m['cpu_count']} cores, ray {m['ray']}, python {m['python']}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -538,10 +546,9 @@ def main() -> None:
         else {"unary_seq": 300, "unary_conc": 1000, "stream_c1": 50, "stream_c16": 160}
     )
     import ray
+    from gemma_serving.app import build_app
     from ray import serve
     from ray.serve.config import gRPCOptions
-
-    from gemma_serving.app import build_app
 
     workdir = Path(tempfile.mkdtemp(prefix="router_design_"))
     config = parse_config(CONFIG)
@@ -558,8 +565,14 @@ def main() -> None:
         "started_unix": round(time.time()),
         "machine": machine,
         "rounds": args.rounds,
-        "sizes": {**sizes, "stream_tokens": STREAM_TOKENS, "unary_max_tokens": 1, "cancel_stream_tokens": LONG_TOKENS,
-                  "cancel_engine_step_s": CANCEL_STEP_DELAY_S, "cancel_wait_s": CANCEL_WAIT_S},
+        "sizes": {
+            **sizes,
+            "stream_tokens": STREAM_TOKENS,
+            "unary_max_tokens": 1,
+            "cancel_stream_tokens": LONG_TOKENS,
+            "cancel_engine_step_s": CANCEL_STEP_DELAY_S,
+            "cancel_wait_s": CANCEL_WAIT_S,
+        },
         "designs": {},
     }
 
@@ -592,8 +605,15 @@ def main() -> None:
         progress(f"A (round {r}): serve-grpc-proxy app up in {now() - t:.1f}s; measuring")
         text = serve.get_deployment_handle("text", app_name="design_a")
         try:
-            return asyncio.run(measure(f"127.0.0.1:{grpc_port}", (("application", "design_a"),), log, sizes,
-                                       describe=lambda: text.describe.remote()))
+            return asyncio.run(
+                measure(
+                    f"127.0.0.1:{grpc_port}",
+                    (("application", "design_a"),),
+                    log,
+                    sizes,
+                    describe=lambda: text.describe.remote(),
+                )
+            )
         finally:
             serve.delete("design_a")
 
@@ -610,8 +630,15 @@ def main() -> None:
         progress(f"B (round {r}): grpc-aio-in-replica app up in {now() - t:.1f}s (router port {port}); measuring")
         text = serve.get_deployment_handle("text", app_name=config.app_name)
         try:
-            return asyncio.run(measure(f"127.0.0.1:{port}", (("application", config.app_name),), log, sizes,
-                                       describe=lambda: text.describe.remote()))
+            return asyncio.run(
+                measure(
+                    f"127.0.0.1:{port}",
+                    (("application", config.app_name),),
+                    log,
+                    sizes,
+                    describe=lambda: text.describe.remote(),
+                )
+            )
         finally:
             serve.delete(config.app_name)
 
@@ -680,12 +707,18 @@ def main() -> None:
     progress(f"wrote {out} and {out.with_suffix('.png')}")
 
     keys = list(ma)
-    print(f"\n{'metric':28}" + "".join(f"{k + ' ' + results['designs'][k]['name']:>26}" for k in "ABC")
-          + f"{'B/A':>8}{'B/C':>8}")
+    print(
+        f"\n{'metric':28}"
+        + "".join(f"{k + ' ' + results['designs'][k]['name']:>26}" for k in "ABC")
+        + f"{'B/A':>8}{'B/C':>8}"
+    )
     for key in keys:
-        print(f"{key:28}" + "".join(f"{results['designs'][k]['metrics'][key]:>26g}" for k in "ABC")
-              + f"{results['ratios']['B_over_A'].get(key, float('nan')):>8.2f}"
-              + f"{results['ratios']['B_over_C'].get(key, float('nan')):>8.2f}")
+        print(
+            f"{key:28}"
+            + "".join(f"{results['designs'][k]['metrics'][key]:>26g}" for k in "ABC")
+            + f"{results['ratios']['B_over_A'].get(key, float('nan')):>8.2f}"
+            + f"{results['ratios']['B_over_C'].get(key, float('nan')):>8.2f}"
+        )
     print("cancel:", results["cancel_summary"])
 
 

@@ -75,13 +75,12 @@ def requests_for(name: str, tokenizer) -> list[tuple[str, list[dict], dict]]:
 
 async def run_model(name: str, cache_dir: Path | None) -> dict:
     """Start an engine for tiny model ``name``, run its requests, shut it down; return timings."""
+    from gemma_serving.models import resolve_model_source
     from transformers import AutoTokenizer
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
-
-    from gemma_serving.models import resolve_model_source
 
     path = resolve_model_source(f"tiny://{name}", cache_dir)
     size_mb = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
