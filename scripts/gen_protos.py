@@ -36,7 +36,8 @@ def generate(out_dir: Path) -> list[Path]:
             # protoc writes imports rooted at the proto package; the generated modules live in gemma_serving.api.
             text = re.sub(r"^from gemma\.serving\.v1 import", "from gemma_serving.api import", text, flags=re.M)
             # Messages record their module for pickling (Ray pickles them across processes): make it importable.
-            text = text.replace("'gemma.serving.v1.", "'gemma_serving.api.")
+            text = re.sub(r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, )'gemma\.serving\.v1\.", r"\1'gemma_serving.api.",
+                          text)
             dst = out_dir / src.name
             dst.write_text(text)
             written.append(dst)

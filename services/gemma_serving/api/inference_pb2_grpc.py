@@ -98,9 +98,9 @@ def add_InferenceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'gemma_serving.api.Inference', rpc_method_handlers)
+            'gemma.serving.v1.Inference', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('gemma_serving.api.Inference', rpc_method_handlers)
+    server.add_registered_method_handlers('gemma.serving.v1.Inference', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
