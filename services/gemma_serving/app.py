@@ -58,6 +58,7 @@ def build_app(
         handles[kind.value] = deployment.bind(
             kind.value,
             service.model_dump(mode="json"),
+            telemetry=config.telemetry.model_dump(mode="json"),
             engine_factory=engine_factory,
             checkpoint_resolver=checkpoint_resolver,
         )

@@ -148,12 +148,25 @@ class RouterSettings(Strict):
     )
 
 
+class TelemetrySettings(Strict):
+    """OpenTelemetry tracing and Prometheus metrics."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/gRPC collector, e.g. http://otel-collector:4317; unset means no trace export."
+    )
+    sampling_ratio: float = Field(0.1, ge=0, le=1, description="Share of new traces sampled (parents decide first).")
+    service_name: str = Field("gemma-serving", min_length=1, description="service.name resource attribute.")
+    export_delay_ms: int = Field(5000, gt=0, le=60000, description="Batch span export interval.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus scrape port of each router (0 = any).")
+
+
 class ServingConfig(Strict):
     """The whole platform: router, limits and the text / vision / audio services."""
 
     app_name: str = Field("gemma", pattern=r"^[a-z][a-z0-9-]*$", description="Ray Serve application name.")
     router: RouterSettings = Field(default_factory=RouterSettings, description="gRPC router.")
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request input limits.")
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings, description="Tracing and metrics.")
     services: dict[ServiceKind, ServiceConfig] = Field(..., description="Services by kind: text, vision, audio.")
 
     @model_validator(mode="after")

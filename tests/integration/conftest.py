@@ -30,9 +30,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def platform_config():
+def otlp_receiver():
+    from tests.otlp_receiver import OtlpTraceReceiver
+
+    receiver = OtlpTraceReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def platform_config(otlp_receiver):
     data = load_config().model_dump(mode="json")
     data["router"]["port"] = 0
+    # Every span exported quickly to the loopback receiver; metrics on a free port.
+    data["telemetry"] = {"otlp_endpoint": otlp_receiver.endpoint, "sampling_ratio": 1.0, "export_delay_ms": 200,
+                         "metrics_port": 0}
     # Small admission limits on text so the overload test can exceed them: 32 running + 32 queued per router.
     data["services"]["text"]["deployment"].update(max_ongoing_requests=32, max_queued_requests=32)
     from gemma_serving.config import parse_config

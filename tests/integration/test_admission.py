@@ -11,7 +11,7 @@ from gemma_serving.client import message
 
 def stream_request(max_tokens):
     return pb.GenerateRequest(model="gemma-3-tiny", messages=[message("Count to a thousand.")],
-                              sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=1.0))
+                              sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=11))
 
 
 def wait_until_idle(describe, kind="text", timeout_s=5.0) -> float:

@@ -81,6 +81,8 @@ class GenerationRequest:
     trace_context: dict[str, str] = field(default_factory=dict)
     #: Absolute deadline (time.time() seconds): the client's gRPC deadline capped by the server's maximum.
     deadline: float | None = None
+    #: When the router handed the request to a service (time.time() seconds), to measure queue time.
+    sent_at: float | None = None
 
     def modalities(self) -> set[str]:
         """Input modalities used by the request ("text", "image", "audio")."""
@@ -96,7 +98,12 @@ class Chunk:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason | None = None
+    #: Set on a stream's first chunk: seconds between the router sending the request and a replica starting it.
+    queue_seconds: float | None = None
 
     def merge(self, later: Chunk) -> Chunk:
         """One chunk equivalent to `self` followed by `later` (used to coalesce ready deltas)."""
-        return Chunk(self.text + later.text, later.prompt_tokens, later.completion_tokens, later.finish_reason)
+        return Chunk(
+            self.text + later.text, later.prompt_tokens, later.completion_tokens, later.finish_reason,
+            self.queue_seconds,
+        )

@@ -15,13 +15,17 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
 from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
+from gemma_serving.router.pipeline import InferencePipeline
 from gemma_serving.router.servicer import InferenceServicer
+from gemma_serving.telemetry.metrics import RouterMetrics
+from gemma_serving.telemetry.tracing import build_tracer_provider
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ class RouterServer:
     port: int
     health: ServiceHealth
     _probing: asyncio.Task
+    metrics: RouterMetrics
 
     async def drain_and_stop(self, grace_s: float, notice_s: float = 0.0) -> None:
         """Graceful drain: health NOT_SERVING first (for `notice_s`, so load balancers stop sending), then refuse
@@ -44,8 +49,18 @@ class RouterServer:
         await self.server.stop(grace_s)
 
 
-async def start_grpc_server(config: ServingConfig, backend: Backend, *, health_interval_s: float = 5.0) -> RouterServer:
+async def start_grpc_server(
+    config: ServingConfig,
+    backend: Backend,
+    *,
+    health_interval_s: float = 5.0,
+    tracer: trace.Tracer | None = None,
+    metrics: RouterMetrics | None = None,
+) -> RouterServer:
     """Start the Inference, grpc.health.v1 and reflection services on the configured address."""
+    metrics = metrics or RouterMetrics()
+    tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
+    pipeline = InferencePipeline(config, backend, tracer=tracer, metrics=metrics)
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -56,7 +71,7 @@ async def start_grpc_server(config: ServingConfig, backend: Backend, *, health_i
     )
     health_servicer = health.aio.HealthServicer()
     service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s)
-    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(config, backend, service_health), server)
+    pb_grpc.add_InferenceServicer_to_server(InferenceServicer(config, pipeline, service_health), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
@@ -67,7 +82,7 @@ async def start_grpc_server(config: ServingConfig, backend: Backend, *, health_i
     await service_health.publish()
     await server.start()
     probing = asyncio.create_task(service_health.run())
-    return RouterServer(server, port, service_health, probing)
+    return RouterServer(server, port, service_health, probing, metrics)
 
 
 class RouterDeployment:
@@ -75,12 +90,27 @@ class RouterDeployment:
 
     async def __init__(self, config: dict, handles: dict) -> None:
         self._config = ServingConfig.model_validate(config)
-        self._router = await start_grpc_server(self._config, ServeHandleBackend(handles))
-        log.info("gRPC router listening on %s:%d", self._config.router.host, self._router.port)
+        telemetry = self._config.telemetry
+        self._tracer_provider = build_tracer_provider(telemetry, component="router")
+        metrics = RouterMetrics()
+        self._metrics_port = metrics.serve(self._config.router.host, telemetry.metrics_port)
+        self._router = await start_grpc_server(
+            self._config,
+            ServeHandleBackend(handles),
+            tracer=self._tracer_provider.get_tracer(__name__),
+            metrics=metrics,
+        )
+        self._replica_counts = asyncio.create_task(_track_replicas(self._config, metrics))
+        log.info("gRPC router on %s:%d, metrics on :%d", self._config.router.host, self._router.port,
+                 self._metrics_port)
 
     async def port(self) -> int:
         """The bound port (useful when the config asked for port 0)."""
         return self._router.port
+
+    async def metrics_port(self) -> int:
+        """The bound Prometheus scrape port."""
+        return self._metrics_port
 
     async def check_health(self) -> None:
         """Serve health check: the replica is healthy while its server runs."""
@@ -88,4 +118,24 @@ class RouterDeployment:
     async def __del__(self) -> None:
         router = getattr(self, "_router", None)
         if router is not None:
+            self._replica_counts.cancel()
             await router.drain_and_stop(self._config.router.grace_period_s, self._config.router.drain_notice_s)
+            shutdown = getattr(self._tracer_provider, "shutdown", None)
+            if shutdown is not None:  # flush spans still in the batch
+                shutdown()
+
+
+async def _track_replicas(config: ServingConfig, metrics: RouterMetrics, interval_s: float = 10.0) -> None:
+    """Publish running replicas per service (from Ray Serve's status) as gemma_serving_replicas."""
+    from ray import serve
+
+    while True:
+        try:
+            app = (await asyncio.to_thread(serve.status)).applications.get(config.app_name)
+            for kind in config.services:
+                deployment = app.deployments.get(kind.value) if app else None
+                running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
+                metrics.replicas.labels(kind.value).set(running)
+        except Exception as exc:  # metrics must never take the router down
+            log.warning("could not read replica counts: %s", type(exc).__name__)
+        await asyncio.sleep(interval_s)

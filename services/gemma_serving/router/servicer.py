@@ -1,11 +1,8 @@
-"""The gRPC Inference servicer: validate, route, stream back; every failure becomes one clear status."""
+"""The gRPC Inference servicer: wire format in and out of the InferencePipeline; every failure becomes one clear
+status."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import logging
-import time
 import uuid
 from typing import AsyncIterator
 
@@ -13,14 +10,11 @@ from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
-from gemma_serving.engines.types import Chunk, GenerationRequest
+from gemma_serving.engines.types import Chunk
 from gemma_serving.errors import GemmaServingError
-from gemma_serving.router.backends import Backend
 from gemma_serving.router.health import ServiceHealth, ServiceState
+from gemma_serving.router.pipeline import InferencePipeline
 from gemma_serving.router.status import abort_with
-from gemma_serving.router.validation import validate_request
-
-log = logging.getLogger(__name__)
 
 MODEL_STATUS_TO_PB = {
     ServiceState.READY: pb.MODEL_STATUS_READY,
@@ -30,38 +24,22 @@ MODEL_STATUS_TO_PB = {
 }
 
 
-def prompt_digest(request: GenerationRequest) -> str:
-    """A short hash of the prompt text, for logs: prompt text itself is never logged."""
-    h = hashlib.sha256()
-    for m in request.messages:
-        for p in m.parts:
-            h.update(getattr(p, "text", "").encode())
-    return h.hexdigest()[:12]
-
-
 class InferenceServicer(pb_grpc.InferenceServicer):
     """Implements gemma.serving.v1.Inference over a Backend."""
 
-    def __init__(self, config: ServingConfig, backend: Backend, health: ServiceHealth) -> None:
+    def __init__(self, config: ServingConfig, pipeline: InferencePipeline, health: ServiceHealth) -> None:
         self._config = config
-        self._backend = backend
+        self._pipeline = pipeline
         self._health = health
 
-    async def _chunks(self, request: pb.GenerateRequest, context, request_id: str) -> AsyncIterator[Chunk]:
-        domain = request_from_pb(request)
-        kind, domain = validate_request(domain, self._config)
-        budget = self._config.router.max_request_seconds
-        remaining = context.time_remaining()
-        # The deadline travels with the request; the deployment aborts the engine request when it passes.
-        domain = dataclasses.replace(domain, deadline=time.time() + min(budget, remaining or budget))
-        log.info("request %s model=%s service=%s prompt=%s", request_id, domain.model, kind.value,
-                 prompt_digest(domain))
-        stream = self._backend.stream(kind, domain, request_id)
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            await stream.aclose()
+    def _chunks(self, request: pb.GenerateRequest, context, request_id: str) -> AsyncIterator[Chunk]:
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        return self._pipeline.stream(
+            request_from_pb(request),
+            request_id=request_id,
+            time_remaining=context.time_remaining(),
+            carrier=metadata,
+        )
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         request_id = _new_request_id()

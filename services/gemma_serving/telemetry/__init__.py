@@ -1,0 +1,1 @@
+"""OpenTelemetry tracing, span attribute names and Prometheus metric definitions."""
