@@ -45,8 +45,8 @@ def platform_config(otlp_receiver):
     # Every span exported quickly to the loopback receiver; metrics on a free port.
     data["telemetry"] = {"otlp_endpoint": otlp_receiver.endpoint, "sampling_ratio": 1.0, "export_delay_ms": 200,
                          "metrics_port": 0}
-    # Small admission limits on text so the overload test can exceed them: 32 running + 32 queued per router.
-    data["services"]["text"]["deployment"].update(max_ongoing_requests=32, max_queued_requests=32)
+    # Small admission limits on text so the overload test can exceed them: 64 in the replica + 16 queued per router.
+    data["services"]["text"]["deployment"].update(max_ongoing_requests=64, max_queued_requests=16)
     from gemma_serving.config import parse_config
 
     return parse_config(data)

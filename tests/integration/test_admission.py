@@ -9,9 +9,9 @@ from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import message
 
 
-def stream_request(max_tokens):
+def stream_request(max_tokens, seed=11):
     return pb.GenerateRequest(model="gemma-3-tiny", messages=[message("Count to a thousand.")],
-                              sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=11))
+                              sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed))
 
 
 def wait_until_idle(describe, kind="text", timeout_s=5.0) -> float:
@@ -22,10 +22,12 @@ def wait_until_idle(describe, kind="text", timeout_s=5.0) -> float:
 
 
 def test_fifty_cancelled_streams_leave_no_engine_request_behind(stub, describe):
-    calls = [stub.GenerateStream(stream_request(500), timeout=120) for _ in range(50)]
-    for call in calls:
-        next(call)  # each stream is admitted and producing tokens
-    assert describe("text")["in_flight"] >= 30
+    # Different seeds: a random-weight model may end a few streams early with EOS, not all of them at once.
+    calls = [stub.GenerateStream(stream_request(500, seed=i), timeout=120) for i in range(50)]
+    deadline = time.monotonic() + 20
+    while describe("text")["in_flight"] < 45 and time.monotonic() < deadline:
+        time.sleep(0.05)  # all admitted into the engine: 32 running (max_num_seqs), the rest waiting
+    assert describe("text")["in_flight"] >= 45
     for call in calls:
         call.cancel()
     idle_after = wait_until_idle(describe)
@@ -52,9 +54,9 @@ def test_overload_is_refused_immediately_with_retry_info_and_admitted_requests_f
     codes = [r[0] for r in results.values()]
     refused = [r for r in results.values() if r[0] == "RESOURCE_EXHAUSTED"]
     done = [r for r in results.values() if r[0] == "OK"]
-    print(f"100 concurrent streams against 64 slots: {len(done)} OK, {len(refused)} refused")
+    print(f"100 concurrent streams against 80 slots: {len(done)} OK, {len(refused)} refused")
     assert len(results) == 100 and set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}
-    assert refused, "capacity is 32 running + 32 queued: some of 100 concurrent streams must be refused"
+    assert refused, "capacity is 64 running + 16 queued: some of 100 concurrent streams must be refused"
     assert max(r[1] for r in refused) < 3.0, "refusals must be immediate, not after a timeout"
     assert all(int(r[2]["retry-after-ms"]) > 0 for r in refused)
     # Everything admitted ran to completion: nothing admitted was dropped.

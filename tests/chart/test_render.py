@@ -1,0 +1,251 @@
+"""Every profile renders, and every rendered object validates against its schema; the RayService has the shape
+GKE + KubeRay need (worker group per accelerator, GPUs, /dev/shm, autoscaler, pinned image, drain timings)."""
+
+import json
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.chart.chartlib import (
+    find,
+    objects,
+    profile_values,
+    rayservice,
+    render,
+    validate_object,
+    validate_pod_template,
+)
+
+
+def _pod_templates(rs):
+    cluster = rs["spec"]["rayClusterConfig"]
+    yield "head", cluster["headGroupSpec"]
+    for group in cluster.get("workerGroupSpecs", []):
+        yield group["groupName"], group
+
+
+def _config(rs):
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    (app,) = serve["applications"]
+    return app["args"]["config"]
+
+
+def test_every_object_validates(profile):
+    docs = objects(render(profile))
+    sources = {validate_object(d) for d in docs}
+    assert {"kubernetes", "crd-subset"} <= sources
+    for _, group in _pod_templates(rayservice(docs)):
+        validate_pod_template(group["template"])
+
+
+def test_optional_objects_validate():
+    """Gateway, GRPCRoute, GKE policies, ServiceMonitor and every storage mode, all switched on."""
+    for storage in ("gcsFuse", "pvc", "huggingFace", "none"):
+        docs = objects(
+            render(
+                gateway={"enabled": True, "hostname": "gemma.example.com", "tls": {"secretName": "gemma-tls"}},
+                monitoring={"serviceMonitor": {"enabled": True}},
+                networkPolicy={"routerFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]},
+                router={"apiKeys": {"secretName": "gemma-api-keys"}},
+                modelStorage={"type": storage},
+                serviceAccount={"gcpServiceAccount": "gemma-serving@my-project.iam.gserviceaccount.com"},
+            )
+        )
+        kinds = {d["kind"] for d in docs}
+        assert {"Gateway", "GRPCRoute", "HealthCheckPolicy", "GCPBackendPolicy", "ServiceMonitor"} <= kinds
+        for d in docs:
+            validate_object(d)
+        for _, group in _pod_templates(rayservice(docs)):
+            validate_pod_template(group["template"])
+
+
+def test_schema_validation_catches_a_bad_object():
+    """The object check can fail: a RayService worker group with a non-string rayStartParams value is refused."""
+    rs = rayservice(objects(render()))
+    rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["rayStartParams"]["num-gpus"] = 1
+    with pytest.raises(AssertionError, match="rayStartParams"):
+        validate_object(rs)
+    svc = find(objects(render()), "Service", "-router")[0]
+    svc["spec"]["ports"][0]["portt"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError, match="portt"):
+        validate_object(svc)
+
+
+def test_worker_group_per_accelerator(profile):
+    rs = rayservice(objects(render(profile)))
+    config = _config(rs)
+    wanted = sorted({s["deployment"].get("accelerator_type") for s in config["services"].values()} - {None})
+    groups = rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", [])
+    gpu_groups = [g for g in groups if g["groupName"].startswith("gpu-")]
+    assert [g["groupName"] for g in gpu_groups] == [f"gpu-{a}" for a in wanted]
+    for accel, group in zip(wanted, gpu_groups):
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        res = container["resources"]
+        assert res["requests"] == res["limits"], "GPU node pods are Guaranteed: requests equal limits"
+        gpus = res["limits"]["nvidia.com/gpu"]
+        assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": accel}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        params = group["rayStartParams"]
+        assert params["num-gpus"] == gpus
+        # KubeRay's custom-resource format: a JSON object inside a quoted string.
+        assert json.loads(json.loads(params["resources"])) == {f"accelerator:{accel}": int(gpus)}
+        assert 0 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+        assert shm["emptyDir"]["medium"] == "Memory"
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+        assert group["template"]["metadata"]["labels"]["ai.gke.io/inference-server"] == "vllm"
+        assert group["template"]["metadata"]["labels"]["ai.gke.io/model"]
+
+
+def test_services_fit_their_worker_groups(profile):
+    """What app.py asks Ray for (deployment_options) is what the groups advertise: accelerator resource, GPUs."""
+    from gemma_serving.app import deployment_options
+    from gemma_serving.config import parse_config
+
+    rs = rayservice(objects(render(profile)))
+    config = parse_config(_config(rs))
+    groups = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", [])}
+    for kind, service in config.services.items():
+        actor = deployment_options(kind, service)["ray_actor_options"]
+        accel = service.deployment.accelerator_type
+        if accel is None:
+            assert (
+                "cpu" in groups
+                or float(rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"])
+                >= actor["num_cpus"]
+            )
+            continue
+        params = groups[f"gpu-{accel}"]["rayStartParams"]
+        advertised = json.loads(json.loads(params["resources"]))
+        assert set(actor["resources"]) <= set(advertised)
+        assert actor["num_gpus"] * service.model.engine.tensor_parallel_size <= float(params["num-gpus"])
+
+
+def test_autoscaler_and_pinned_image(profile):
+    rs = rayservice(objects(render(profile)))
+    cluster = rs["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["rayVersion"] == "2.60.0"
+    for _, group in _pod_templates(rs):
+        for container in group["template"]["spec"]["containers"] + group["template"]["spec"].get("initContainers", []):
+            repo, _, tag = container["image"].rpartition(":")
+            assert repo and tag and tag != "latest"
+    digest = "sha256:" + "a" * 64
+    rs = rayservice(objects(render(profile, image={"digest": digest})))
+    for _, group in _pod_templates(rs):
+        assert group["template"]["spec"]["containers"][0]["image"].endswith("@" + digest)
+
+
+def test_router_service_and_drain(profile):
+    docs = objects(render(profile))
+    rs = rayservice(docs)
+    config = _config(rs)
+    router = config["router"]
+    assert router["host"] == "0.0.0.0"
+    (svc,) = find(docs, "Service", "-router")
+    (port,) = svc["spec"]["ports"]
+    assert port["port"] == router["port"] and port["appProtocol"] == "kubernetes.io/h2c"
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
+    labels = head["template"]["metadata"]["labels"]
+    selector = svc["spec"]["selector"]
+    assert selector.pop("ray.io/node-type") == "head"  # KubeRay's label of the head pod
+    assert selector.items() <= labels.items()
+    (container,) = head["template"]["spec"]["containers"]
+    assert {"name": "grpc", "containerPort": router["port"]} in container["ports"]
+    # The router replicas are pinned to the head: it advertises the resource the serve config asks for.
+    serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    (override,) = serve["applications"][0]["deployments"]
+    assert override["name"] == "router"
+    assert set(override["ray_actor_options"]["resources"]) <= set(
+        json.loads(json.loads(head["rayStartParams"]["resources"]))
+    )
+    # Drain: preStop covers drain_notice_s + grace_period_s, and the pod's grace period covers preStop.
+    drain = router["drain_notice_s"] + router["grace_period_s"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert pre_stop.startswith("serve shutdown") and pre_stop.endswith(f"sleep {int(drain)}")
+    assert head["template"]["spec"]["terminationGracePeriodSeconds"] > drain
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in container
+
+
+def test_drain_follows_the_router_config():
+    rs = rayservice(objects(render(config={"router": {"grace_period_s": 120, "drain_notice_s": 10}})))
+    spec = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 145
+    assert spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1].endswith("sleep 130")
+
+
+def test_model_storage_modes():
+    def worker_pod(**values):
+        rs = rayservice(objects(render(**values)))
+        return rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
+
+    gcs = worker_pod()
+    vol = next(v for v in gcs["spec"]["volumes"] if v["name"] == "models")
+    assert vol["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
+    assert vol["csi"]["volumeAttributes"]["bucketName"] == "my-project-gemma-models"
+    assert gcs["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
+
+    pvc = worker_pod(modelStorage={"type": "pvc", "pvc": {"claimName": "weights"}})
+    vol = next(v for v in pvc["spec"]["volumes"] if v["name"] == "models")
+    assert vol["persistentVolumeClaim"] == {"claimName": "weights", "readOnly": True}
+
+    hf = worker_pod(modelStorage={"type": "huggingFace"})
+    (init,) = hf["spec"]["initContainers"]
+    token = next(e for e in init["env"] if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+    assert "hf download google/gemma-3-4b-it --local-dir /models/gemma-3-4b-it" in init["args"][0]
+
+
+def test_service_account_workload_identity():
+    gsa = "gemma-serving@my-project.iam.gserviceaccount.com"
+    docs = objects(render(serviceAccount={"gcpServiceAccount": gsa}))
+    (sa,) = find(docs, "ServiceAccount")
+    assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == gsa
+    for _, group in _pod_templates(rayservice(docs)):
+        assert group["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+
+
+def test_gateway_tls_and_api_keys():
+    docs = objects(
+        render(
+            gateway={"enabled": True, "tls": {"secretName": "gemma-tls"}}, router={"apiKeys": {"secretName": "keys"}}
+        )
+    )
+    (gw,) = find(docs, "Gateway")
+    assert gw["spec"]["listeners"][0]["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "gemma-tls"}]
+    (route,) = find(docs, "GRPCRoute")
+    (svc,) = find(docs, "Service", "-router")
+    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == svc["metadata"]["name"]
+    head = rayservice(docs)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert {"name": "api-keys", "secret": {"secretName": "keys", "defaultMode": 0o400}} in head["volumes"]
+    assert any(m["name"] == "api-keys" and m["readOnly"] for m in head["containers"][0]["volumeMounts"])
+
+
+def test_operations_objects(profile):
+    docs = objects(render(profile))
+    rs = rayservice(docs)
+    groups = [g["groupName"] for g in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", [])]
+    pdbs = find(docs, "PodDisruptionBudget")
+    assert len(pdbs) == 1 + len(groups)
+    assert sorted(
+        p["spec"]["selector"]["matchLabels"].get("ray.io/group")
+        for p in pdbs
+        if "ray.io/group" in p["spec"]["selector"]["matchLabels"]
+    ) == sorted(groups)
+    assert find(docs, "NetworkPolicy")
+    wants_gmp = profile_values(profile).get("monitoring", {}).get("podMonitoring", {}).get("enabled", True)
+    assert bool(find(docs, "PodMonitoring")) == wants_gmp
+    (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+
+
+def test_otlp_endpoint_reaches_the_pods():
+    endpoint = "http://otel-collector.observability:4317"
+    rs = rayservice(objects(render(config={"telemetry": {"otlp_endpoint": endpoint}})))
+    assert _config(rs)["telemetry"]["otlp_endpoint"] == endpoint
+    for _, group in _pod_templates(rs):
+        env = group["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": endpoint} in env
