@@ -1,0 +1,220 @@
+{{/* Names and labels. */}}
+{{- define "gemma-serving.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gemma-serving.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gemma-serving.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gemma-serving.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "gemma-serving.labels" -}}
+{{ include "gemma-serving.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "gemma-serving.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "gemma-serving.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gemma-serving.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Distinct accelerator types the configured services use, sorted, as a JSON list. */}}
+{{- define "gemma-serving.acceleratorTypes" -}}
+{{- $types := list -}}
+{{- range $kind, $svc := .Values.config.services -}}
+{{- if and $svc $svc.deployment $svc.deployment.accelerator_type -}}
+{{- $types = append $types $svc.deployment.accelerator_type -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (sortAlpha (uniq $types)) -}}
+{{- end -}}
+
+{{/* Model names served on one accelerator type (the ai.gke.io/model label), dot-joined. */}}
+{{- define "gemma-serving.modelsOn" -}}
+{{- $names := list -}}
+{{- range $kind, $svc := .root.Values.config.services -}}
+{{- if and $svc $svc.deployment (eq (toString $svc.deployment.accelerator_type) $.accelerator) -}}
+{{- $names = append $names $svc.model.name -}}
+{{- end -}}
+{{- end -}}
+{{- join "." (sortAlpha (uniq $names)) | trunc 63 | trimSuffix "." | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Router drain: health NOT_SERVING for drain_notice_s, then in-flight RPCs finish within grace_period_s. */}}
+{{- define "gemma-serving.drainSeconds" -}}
+{{- $r := .Values.config.router -}}
+{{- addf (default 2 $r.drain_notice_s) (default 10 $r.grace_period_s) | ceil | int -}}
+{{- end -}}
+
+{{/* Ray CPU/GPU/custom resources for rayStartParams.resources: KubeRay wants a quoted JSON string. */}}
+{{- define "gemma-serving.rayResources" -}}
+{{- toJson . | quote -}}
+{{- end -}}
+
+{{/* Pod-level settings shared by the head and every worker group. */}}
+{{/* Args: root, models (whether the pod mounts the model storage). */}}
+{{- define "gemma-serving.podAnnotations" -}}
+{{- if and .models (eq .root.Values.modelStorage.type "gcsFuse") }}
+gke-gcsfuse/volumes: "true"
+gke-gcsfuse/cpu-limit: "0"
+gke-gcsfuse/memory-limit: "0"
+gke-gcsfuse/ephemeral-storage-limit: "0"
+{{- end }}
+{{- with .root.Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Args: root, shmSize, models. */}}
+{{- define "gemma-serving.volumes" -}}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shmSize }}
+{{- $ms := .root.Values.modelStorage }}
+{{- if not .models }}
+{{- else if eq $ms.type "gcsFuse" }}
+- name: models
+  csi:
+    driver: gcsfuse.csi.storage.gke.io
+    readOnly: true
+    volumeAttributes:
+      bucketName: {{ required "modelStorage.gcsFuse.bucket is required" $ms.gcsFuse.bucket | quote }}
+      mountOptions: {{ $ms.gcsFuse.mountOptions | quote }}
+{{- else if eq $ms.type "pvc" }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ required "modelStorage.pvc.claimName is required" $ms.pvc.claimName }}
+    readOnly: true
+{{- else if eq $ms.type "huggingFace" }}
+- name: models
+  emptyDir:
+    sizeLimit: {{ $ms.huggingFace.sizeLimit }}
+{{- end }}
+{{- end -}}
+
+{{/* Args: root, models. */}}
+{{- define "gemma-serving.volumeMounts" -}}
+- name: dshm
+  mountPath: /dev/shm
+{{- if and .models (ne .root.Values.modelStorage.type "none") }}
+- name: models
+  mountPath: {{ .root.Values.modelStorage.mountPath }}
+  readOnly: {{ ne .root.Values.modelStorage.type "huggingFace" }}
+{{- end }}
+{{- end -}}
+
+{{- define "gemma-serving.env" -}}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+{{- with .Values.config.telemetry }}
+{{- with .otlp_endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if eq .Values.modelStorage.type "huggingFace" }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.modelStorage.huggingFace.secretName }}
+      key: {{ .Values.modelStorage.huggingFace.secretKey }}
+{{- end }}
+{{- end -}}
+
+{{/* Downloads the Hugging Face checkpoints before Ray starts (modelStorage.type=huggingFace). */}}
+{{- define "gemma-serving.initContainers" -}}
+{{- $ms := .Values.modelStorage -}}
+{{- if eq $ms.type "huggingFace" }}
+initContainers:
+  - name: download-models
+    image: {{ include "gemma-serving.image" . }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    command: ["/bin/sh", "-c"]
+    args:
+      - |
+        set -e
+        {{- range $ms.huggingFace.repos }}
+        hf download {{ .repo }} --local-dir {{ $ms.mountPath }}/{{ .dir }}
+        {{- end }}
+    env:
+      - name: HF_TOKEN
+        valueFrom:
+          secretKeyRef:
+            name: {{ $ms.huggingFace.secretName }}
+            key: {{ $ms.huggingFace.secretKey }}
+    volumeMounts:
+      - name: models
+        mountPath: {{ $ms.mountPath }}
+    resources:
+      requests: {cpu: "1", memory: 2Gi}
+      limits: {cpu: "2", memory: 4Gi}
+{{- end }}
+{{- end -}}
+
+{{/* Pod spec fields shared by every Ray pod. Args: root, models. */}}
+{{- define "gemma-serving.podCommon" -}}
+serviceAccountName: {{ include "gemma-serving.serviceAccountName" .root }}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- if .models }}
+{{- include "gemma-serving.initContainers" .root }}
+{{- end }}
+{{- end -}}
+
+{{/* "true" when a service has no accelerator_type: its replicas may land on the head, which then needs the models. */}}
+{{- define "gemma-serving.headHostsModels" -}}
+{{- $any := false -}}
+{{- range $kind, $svc := .Values.config.services -}}
+{{- if and $svc (not ($svc.deployment).accelerator_type) -}}
+{{- $any = true -}}
+{{- end -}}
+{{- end -}}
+{{- $any -}}
+{{- end -}}
+
+{{/* The Serve config: our config under args.config of the app builder, plus one placement override that pins the
+router replicas to the head pod (which advertises the gemma-router resource), where the router Service points. */}}
+{{- define "gemma-serving.serveConfig" -}}
+{{- $router := .Values.config.router -}}
+{{- $routerActor := dict "num_cpus" $router.num_cpus "resources" (dict "gemma-router" 0.001) -}}
+{{- $app := dict "name" .Values.config.app_name "import_path" "gemma_serving.app:app_builder" -}}
+{{- $_ := set $app "args" (dict "config" .Values.config) -}}
+{{- $_ = set $app "deployments" (list (dict "name" "router" "ray_actor_options" $routerActor)) -}}
+{{- toYaml (dict "applications" (list $app)) -}}
+{{- end -}}
+
+{{/* Ray health, as KubeRay's default probes check it: raylet and GCS answer. Not the router's gRPC health: KubeRay
+submits serveConfigV2 only once the head pod is Ready, so a probe waiting for the app would deadlock. */}}
+{{- define "gemma-serving.rayHealthProbe" -}}
+exec:
+  command:
+    - /bin/sh
+    - -c
+    - wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success
+      {{- if .head }} && wget -T 2 -q -O- http://localhost:8265/api/gcs_healthz | grep success{{ end }}
+timeoutSeconds: 5
+{{- end -}}
