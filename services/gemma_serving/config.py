@@ -129,6 +129,10 @@ class RequestLimits(Strict):
     max_audios: int = Field(2, ge=0, le=16, description="Audio clips per request.")
     max_audio_bytes: int = Field(10 * 2**20, gt=0, description="Encoded bytes per audio clip.")
     max_audio_seconds: float = Field(30, gt=0, description="Duration per audio clip (Gemma 3n handles 30 s).")
+    max_tools: int = Field(32, ge=0, le=256, description="Tool definitions per request.")
+    max_schema_chars: int = Field(20_000, gt=0, description="JSON text of one tool or response schema.")
+    max_choices: int = Field(64, gt=0, le=4096, description="Options of a choice response format.")
+    max_batch_size: int = Field(32, gt=0, le=1024, description="Requests in one GenerateBatch call.")
 
 
 class RouterSettings(Strict):

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.engines.types import (
     AudioPart,
+    AudioTask,
     Chunk,
     FinishReason,
     GenerationRequest,
     ImagePart,
     Message,
     Part,
+    ResponseFormat,
     Sampling,
     TextPart,
+    Tool,
+    ToolCall,
+    ToolChoice,
 )
 from gemma_serving.errors import InvalidRequest
 
@@ -22,7 +29,16 @@ _FINISH_TO_PB = {
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.ABORT: pb.FINISH_REASON_ABORT,
 }
+_FINISH_TO_PB[FinishReason.TOOL_CALLS] = pb.FINISH_REASON_TOOL_CALLS
 MODALITY_TO_PB = {"text": pb.MODALITY_TEXT, "image": pb.MODALITY_IMAGE, "audio": pb.MODALITY_AUDIO}
+_TOOL_CHOICE_MODES = {
+    pb.ToolChoice.MODE_UNSPECIFIED: "auto",
+    pb.ToolChoice.MODE_AUTO: "auto",
+    pb.ToolChoice.MODE_NONE: "none",
+    pb.ToolChoice.MODE_REQUIRED: "required",
+    pb.ToolChoice.MODE_FUNCTION: "function",
+}
+_AUDIO_TASKS = {pb.AudioTask.TASK_TRANSCRIBE: "transcribe", pb.AudioTask.TASK_TRANSLATE: "translate"}
 
 
 def _part(part: pb.Part, where: str) -> Part:
@@ -36,12 +52,52 @@ def _part(part: pb.Part, where: str) -> Part:
     raise InvalidRequest(f"{where} is empty; set one of text, image, audio")
 
 
+def _json(text: str, where: str) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except (json.JSONDecodeError, RecursionError):
+        raise InvalidRequest(f"{where} is not valid JSON", field=where) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{where} must be a JSON object", field=where)
+    return value
+
+
+def _tool_calls(calls) -> tuple[ToolCall, ...]:
+    return tuple(ToolCall(c.id, c.name, c.arguments_json) for c in calls)
+
+
+def _response_format(fmt: pb.ResponseFormat) -> ResponseFormat | None:
+    which = fmt.WhichOneof("format")
+    if which == "json_schema":
+        schema = _json(fmt.json_schema.schema_json, "response_format.json_schema.schema_json")
+        return ResponseFormat("json_schema", schema=schema)
+    if which == "json_object":
+        return ResponseFormat("json_object") if fmt.json_object else None
+    if which == "regex":
+        return ResponseFormat("regex", pattern=fmt.regex)
+    if which == "choice":
+        return ResponseFormat("choice", choices=tuple(fmt.choice.choices))
+    return None
+
+
 def request_from_pb(req: pb.GenerateRequest) -> GenerationRequest:
     """The domain request (structure only: limits and defaults are the router's validation)."""
     messages = [
-        Message(m.role, tuple(_part(p, f"messages[{i}].parts[{j}]") for j, p in enumerate(m.parts)))
+        Message(
+            m.role,
+            tuple(_part(p, f"messages[{i}].parts[{j}]") for j, p in enumerate(m.parts)),
+            _tool_calls(m.tool_calls),
+            m.tool_call_id,
+        )
         for i, m in enumerate(req.messages)
     ]
+    tools = tuple(
+        Tool(t.name, t.description, _json(t.parameters_json, f"tools[{i}].parameters_json"))
+        for i, t in enumerate(req.tools)
+    )
+    audio_task = None
+    if req.audio_task.task != pb.AudioTask.TASK_UNSPECIFIED:
+        audio_task = AudioTask(_AUDIO_TASKS[req.audio_task.task], req.audio_task.target_language)
     s = req.sampling
     sampling = Sampling(
         max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
@@ -51,7 +107,16 @@ def request_from_pb(req: pb.GenerateRequest) -> GenerationRequest:
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
     )
-    return GenerationRequest(req.model, tuple(messages), sampling)
+    return GenerationRequest(
+        req.model,
+        tuple(messages),
+        sampling,
+        tools=tools,
+        tool_choice=ToolChoice(_TOOL_CHOICE_MODES[req.tool_choice.mode], req.tool_choice.function_name),
+        response_format=_response_format(req.response_format),
+        audio_task=audio_task,
+        adapter=req.adapter,
+    )
 
 
 def usage_pb(chunk: Chunk) -> pb.Usage:
@@ -62,11 +127,16 @@ def usage_pb(chunk: Chunk) -> pb.Usage:
     )
 
 
+def _tool_calls_pb(calls: tuple[ToolCall, ...]) -> list[pb.ToolCall]:
+    return [pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments_json) for c in calls]
+
+
 def chunk_to_pb(chunk: Chunk, request_id: str) -> pb.GenerateChunk:
     out = pb.GenerateChunk(request_id=request_id, text=chunk.text)
     if chunk.finish_reason is not None:
         out.finish_reason = _FINISH_TO_PB[chunk.finish_reason]
         out.usage.CopyFrom(usage_pb(chunk))
+        out.tool_calls.extend(_tool_calls_pb(chunk.tool_calls))
     return out
 
 
@@ -77,4 +147,5 @@ def response_to_pb(text: str, last: Chunk, request_id: str, model: str) -> pb.Ge
         text=text,
         finish_reason=_FINISH_TO_PB[last.finish_reason],
         usage=usage_pb(last),
+        tool_calls=_tool_calls_pb(last.tool_calls),
     )

@@ -50,6 +50,16 @@ class InferenceStub:
                 request_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GenerateBatch = channel.unary_unary(
+                '/gemma.serving.v1.Inference/GenerateBatch',
+                request_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.SerializeToString,
+                response_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchResponse.FromString,
+                _registered_method=True)
+        self.GenerateBatchStream = channel.unary_stream(
+                '/gemma.serving.v1.Inference/GenerateBatchStream',
+                request_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.SerializeToString,
+                response_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.BatchItemResult.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -78,6 +88,20 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateBatch(self, request, context):
+        """GenerateBatch answers many independent requests in one call; each item succeeds or fails on its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateBatchStream(self, request, context):
+        """GenerateBatchStream streams each item's result as soon as it is done, tagged with its index.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +119,16 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GenerateBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateBatch,
+                    request_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.FromString,
+                    response_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchResponse.SerializeToString,
+            ),
+            'GenerateBatchStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateBatchStream,
+                    request_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.FromString,
+                    response_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.BatchItemResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +213,60 @@ class Inference:
             '/gemma.serving.v1.Inference/ListModels',
             gemma_dot_serving_dot_v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             gemma_dot_serving_dot_v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gemma.serving.v1.Inference/GenerateBatch',
+            gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.SerializeToString,
+            gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateBatchStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gemma.serving.v1.Inference/GenerateBatchStream',
+            gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.SerializeToString,
+            gemma_dot_serving_dot_v1_dot_inference__pb2.BatchItemResult.FromString,
             options,
             channel_credentials,
             insecure,

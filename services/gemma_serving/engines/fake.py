@@ -10,10 +10,13 @@ from gemma_serving.errors import EngineDead
 
 
 class FakeEngine:
-    """Echoes `word{i}` tokens; records aborts so tests can check cancellation reached the engine."""
+    """Emits ` word{i}` tokens (or the characters of `script`); records aborts so tests can check cancellation
+    reached the engine, and the requests it saw."""
 
-    def __init__(self, *, step_delay_s: float = 0.0) -> None:
+    def __init__(self, *, step_delay_s: float = 0.0, script: str | None = None) -> None:
         self.step_delay_s = step_delay_s
+        self.script = script
+        self.seen: list[GenerationRequest] = []
         self.started = False
         self.healthy = True
         self.in_flight: set[str] = set()
@@ -26,12 +29,16 @@ class FakeEngine:
         if not self.healthy:
             raise EngineDead("fake engine is dead")
         prompt_tokens = sum(len(getattr(p, "text", "x").split()) for m in request.messages for p in m.parts)
+        self.seen.append(request)
         self.in_flight.add(request_id)
+        tokens = list(self.script) if self.script is not None else [f" word{i}" for i in range(10**6)]
+        n = min(request.sampling.max_tokens, len(tokens))
         try:
-            for i in range(request.sampling.max_tokens):
+            for i in range(n):
                 await asyncio.sleep(self.step_delay_s)
-                last = i + 1 == request.sampling.max_tokens
-                yield Chunk(f" word{i}", prompt_tokens, i + 1, FinishReason.LENGTH if last else None)
+                last = i + 1 == n
+                reason = FinishReason.LENGTH if n == request.sampling.max_tokens else FinishReason.STOP
+                yield Chunk(tokens[i], prompt_tokens, i + 1, reason if last else None)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise

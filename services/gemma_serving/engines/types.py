@@ -14,6 +14,7 @@ class FinishReason(str, Enum):
     STOP = "stop"
     LENGTH = "length"
     ABORT = "abort"
+    TOOL_CALLS = "tool_calls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +57,53 @@ Part = Union[TextPart, ImagePart, AudioPart, DecodedImage, DecodedAudio]
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    """A function the model may call; `parameters` is the JSON Schema of its arguments object."""
+
+    name: str
+    description: str
+    parameters: dict
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """mode: auto | none | required | function (then `function_name`)."""
+
+    mode: str = "auto"
+    function_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """kind: json_schema (schema) | json_object | regex (pattern) | choice (choices)."""
+
+    kind: str
+    schema: dict | None = None
+    pattern: str | None = None
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AudioTask:
+    """Gemma 3n audio task: transcribe, or translate into `target_language`."""
+
+    task: str
+    target_language: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     role: str
     parts: tuple[Part, ...]
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +123,11 @@ class GenerationRequest:
     model: str
     messages: tuple[Message, ...]
     sampling: Sampling
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    response_format: ResponseFormat | None = None
+    audio_task: AudioTask | None = None
+    adapter: str = ""
     trace_context: dict[str, str] = field(default_factory=dict)
     #: Absolute deadline (time.time() seconds): the client's gRPC deadline capped by the server's maximum.
     deadline: float | None = None
@@ -100,10 +150,12 @@ class Chunk:
     finish_reason: FinishReason | None = None
     #: Set on a stream's first chunk: seconds between the router sending the request and a replica starting it.
     queue_seconds: float | None = None
+    #: Set on the last chunk when the model called tools.
+    tool_calls: tuple[ToolCall, ...] = ()
 
     def merge(self, later: Chunk) -> Chunk:
         """One chunk equivalent to `self` followed by `later` (used to coalesce ready deltas)."""
         return Chunk(
             self.text + later.text, later.prompt_tokens, later.completion_tokens, later.finish_reason,
-            self.queue_seconds,
+            self.queue_seconds, later.tool_calls,
         )

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator
 
 from gemma_serving.config import ModelConfig
 from gemma_serving.engines.prompts import chat_messages
+from gemma_serving.engines.tool_calls import forced_call_schema
 from gemma_serving.engines.types import Chunk, DecodedAudio, DecodedImage, FinishReason, GenerationRequest
 from gemma_serving.errors import EngineDead, InvalidRequest
 
@@ -38,6 +39,25 @@ def engine_args(model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...
         args["limit_mm_per_prompt"] = limits
     args.update(settings.extra_args)
     return args
+
+
+def structured_outputs(request: GenerationRequest) -> Any:
+    """vLLM structured-output constraint for a forced tool call or a response format, or None."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    schema = forced_call_schema(request.tools, request.tool_choice) if request.tools else None
+    if schema is not None:
+        return StructuredOutputsParams(json=schema)
+    fmt = request.response_format
+    if fmt is None:
+        return None
+    if fmt.kind == "json_schema":
+        return StructuredOutputsParams(json=fmt.schema)
+    if fmt.kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if fmt.kind == "regex":
+        return StructuredOutputsParams(regex=fmt.pattern)
+    return StructuredOutputsParams(choice=list(fmt.choices))
 
 
 class VllmEngine:
@@ -68,9 +88,7 @@ class VllmEngine:
         log.info("engine for %s ready in %.1f s", self._model.name, self.start_seconds)
 
     def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
-        text = self._tokenizer.apply_chat_template(
-            chat_messages(request.messages), tokenize=False, add_generation_prompt=True
-        )
+        text = self._tokenizer.apply_chat_template(chat_messages(request), tokenize=False, add_generation_prompt=True)
         prompt: dict[str, Any] = {"prompt": text}
         parts = [p for m in request.messages for p in m.parts]
         images = [p.image for p in parts if isinstance(p, DecodedImage)]
@@ -90,6 +108,7 @@ class VllmEngine:
             max_tokens=s.max_tokens,
             stop=list(s.stop) or None,
             output_kind=RequestOutputKind.DELTA,
+            structured_outputs=structured_outputs(request),
             **{k: v for k, v in given.items() if v is not None},
         )
 

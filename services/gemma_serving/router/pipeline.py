@@ -17,7 +17,8 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gemma_serving.config import ServingConfig
-from gemma_serving.engines.types import Chunk, GenerationRequest
+from gemma_serving.engines.tool_calls import parse_tool_calls
+from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, Tool
 from gemma_serving.errors import GemmaServingError
 from gemma_serving.router.backends import Backend
 from gemma_serving.router.validation import validate_request
@@ -91,6 +92,8 @@ class InferencePipeline:
             self._metrics.waiting.labels(service).inc()
             waiting = True
             stream = self._backend.stream(kind, request, request_id)
+            if request.tools and request.tool_choice.mode != "none":
+                stream = with_tool_calls(stream, request.tools)
             try:
                 async for chunk in stream:
                     at = time.monotonic()
@@ -142,6 +145,28 @@ class InferencePipeline:
         if code not in ("OK", "CANCELLED"):
             span.set_status(Status(StatusCode.ERROR, code))
         span.end()
+
+
+async def with_tool_calls(stream: AsyncIterator[Chunk], tools: tuple[Tool, ...]) -> AsyncIterator[Chunk]:
+    """Buffer a reply to a request that offered tools: one chunk with the parsed tool calls, or with the text.
+
+    A call is only known once the reply is complete, so tool requests do not stream token by token.
+    """
+    texts, last = [], None
+    try:
+        async for chunk in stream:
+            texts.append(chunk.text)
+            last = chunk
+    finally:
+        await stream.aclose()
+    if last is None:
+        return
+    text = "".join(texts)
+    calls = parse_tool_calls(text, tools)
+    if calls:
+        yield dataclasses.replace(last, text="", tool_calls=calls, finish_reason=FinishReason.TOOL_CALLS)
+    else:
+        yield dataclasses.replace(last, text=text)
 
 
 def _set_request_attributes(span, request: GenerationRequest, service: str) -> None:

@@ -3,6 +3,7 @@ status."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import AsyncIterator
 
@@ -11,10 +12,10 @@ from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk
-from gemma_serving.errors import GemmaServingError
+from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router.health import ServiceHealth, ServiceState
 from gemma_serving.router.pipeline import InferencePipeline
-from gemma_serving.router.status import abort_with
+from gemma_serving.router.status import abort_with, status_for
 
 MODEL_STATUS_TO_PB = {
     ServiceState.READY: pb.MODEL_STATUS_READY,
@@ -41,16 +42,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             carrier=metadata,
         )
 
+    async def _complete(self, request: pb.GenerateRequest, context, request_id: str) -> pb.GenerateResponse:
+        texts, last = [], None
+        async for chunk in self._chunks(request, context, request_id):
+            texts.append(chunk.text)
+            last = chunk
+        if last is None:
+            raise GemmaServingError("the engine returned no output")
+        return response_to_pb("".join(texts), last, request_id, request.model)
+
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         request_id = _new_request_id()
         try:
-            texts, last = [], None
-            async for chunk in self._chunks(request, context, request_id):
-                texts.append(chunk.text)
-                last = chunk
-            if last is None:
-                raise GemmaServingError("the engine returned no output")
-            return response_to_pb("".join(texts), last, request_id, request.model)
+            return await self._complete(request, context, request_id)
         except Exception as exc:
             await abort_with(context, exc, request_id)
 
@@ -59,6 +63,46 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         try:
             async for chunk in self._chunks(request, context, request_id):
                 yield chunk_to_pb(chunk, request_id)
+        except Exception as exc:
+            await abort_with(context, exc, request_id)
+
+    async def _batch_item(self, index: int, request: pb.GenerateRequest, context) -> pb.BatchItemResult:
+        request_id = _new_request_id()
+        try:
+            return pb.BatchItemResult(index=index, response=await self._complete(request, context, request_id))
+        except Exception as exc:
+            status = status_for(exc, request_id)
+            error = pb.ItemError(code=status.code.value[0], message=status.details)
+            return pb.BatchItemResult(index=index, error=error)
+
+    def _batch_tasks(self, batch: pb.GenerateBatchRequest, context) -> list[asyncio.Task]:
+        n, limit = len(batch.requests), self._config.limits.max_batch_size
+        if not 1 <= n <= limit:
+            raise InvalidRequest(f"requests must hold 1..{limit} requests, got {n}", field="requests")
+        return [asyncio.ensure_future(self._batch_item(i, r, context)) for i, r in enumerate(batch.requests)]
+
+    async def GenerateBatch(self, batch: pb.GenerateBatchRequest, context) -> pb.GenerateBatchResponse:
+        request_id = _new_request_id()
+        try:
+            tasks = self._batch_tasks(batch, context)
+            try:
+                return pb.GenerateBatchResponse(results=await asyncio.gather(*tasks))
+            finally:
+                for task in tasks:
+                    task.cancel()
+        except Exception as exc:
+            await abort_with(context, exc, request_id)
+
+    async def GenerateBatchStream(self, batch: pb.GenerateBatchRequest, context) -> AsyncIterator[pb.BatchItemResult]:
+        request_id = _new_request_id()
+        try:
+            tasks = self._batch_tasks(batch, context)
+            try:
+                for done in asyncio.as_completed(tasks):
+                    yield await done
+            finally:
+                for task in tasks:
+                    task.cancel()
         except Exception as exc:
             await abort_with(context, exc, request_id)
 

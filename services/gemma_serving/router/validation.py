@@ -12,8 +12,9 @@ from gemma_serving.config import SERVICE_MODALITIES, ServiceKind, ServingConfig
 from gemma_serving.engines.types import AudioPart, GenerationRequest, ImagePart, Sampling, TextPart
 from gemma_serving.errors import InvalidRequest, ModelNotFound
 from gemma_serving.media import inspect_audio, inspect_image
+from gemma_serving.router.validation_options import check_options
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 def validate_request(request: GenerationRequest, config: ServingConfig) -> tuple[ServiceKind, GenerationRequest]:
@@ -21,6 +22,7 @@ def validate_request(request: GenerationRequest, config: ServingConfig) -> tuple
     kind = _service(request.model, config)
     _check_messages(request, config)
     _check_modalities(request, kind, config)
+    check_options(request, kind, config)
     sampling = _check_sampling(request.sampling, kind, config)
     return kind, dataclasses.replace(request, sampling=sampling)
 
@@ -53,17 +55,27 @@ def _check_messages(request: GenerationRequest, config: ServingConfig) -> None:
                 raise InvalidRequest(
                     f"{where}.role: a system message is allowed only as the first message", field=f"{where}.role"
                 )
+        elif message.role == "tool" and i > 0 and request.messages[i - 1].role in ("assistant", "tool"):
+            expected = "assistant"  # tool results answer the assistant's calls, in the user's place
+            if not request.messages[i - 1].tool_calls and request.messages[i - 1].role == "assistant":
+                raise InvalidRequest(f"{where}: a tool message must follow an assistant message with tool_calls",
+                                     field=f"{where}.role")
         elif message.role != expected:
             raise InvalidRequest(
                 f"{where}.role must be '{expected}': after an optional system message, roles alternate "
-                f"user/assistant starting with user",
+                f"user/assistant starting with user (tool results may stand in for a user turn)",
                 field=f"{where}.role",
             )
         else:
             expected = "assistant" if expected == "user" else "user"
-        if not 1 <= len(message.parts) <= limits.max_parts_per_message:
+        if message.tool_calls and message.role != "assistant":
+            raise InvalidRequest(f"{where}.tool_calls are allowed on assistant messages only",
+                                 field=f"{where}.tool_calls")
+        min_parts = 0 if message.tool_calls else 1
+        if not min_parts <= len(message.parts) <= limits.max_parts_per_message:
             raise InvalidRequest(
-                f"{where}.parts must hold 1..{limits.max_parts_per_message} parts, got {len(message.parts)}",
+                f"{where}.parts must hold {min_parts}..{limits.max_parts_per_message} parts, "
+                f"got {len(message.parts)}",
                 field=f"{where}.parts",
             )
         for j, part in enumerate(message.parts):
@@ -80,8 +92,8 @@ def _check_messages(request: GenerationRequest, config: ServingConfig) -> None:
             elif isinstance(part, AudioPart):
                 audios += 1
                 inspect_audio(part.data, limits, field=f"{field}.audio")
-    if request.messages[-1].role != "user":
-        raise InvalidRequest("the last message must have role 'user'", field=f"messages[{n - 1}].role")
+    if request.messages[-1].role not in ("user", "tool"):
+        raise InvalidRequest("the last message must have role 'user' or 'tool'", field=f"messages[{n - 1}].role")
     if text_chars > limits.max_text_chars:
         raise InvalidRequest(
             f"total text must be at most {limits.max_text_chars} characters, got {text_chars}", field="messages"
