@@ -42,6 +42,15 @@ class EngineSettings(Strict):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weight and activation precision passed to vLLM."
     )
+    quantization: Literal["fp8", "awq", "gptq", "bitsandbytes", "compressed-tensors"] | None = Field(
+        None,
+        description="Weight quantization: fp8 halves weight memory on H100/L4 with small quality loss; awq/gptq need "
+        "a pre-quantized checkpoint (4-bit, ~1/4 of bf16 memory, more quality loss); bitsandbytes quantizes at load "
+        "(slower). None serves the checkpoint as is.",
+    )
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto", description="fp8 halves KV cache memory (more concurrent sequences) at a small quality cost."
+    )
     max_model_len: int = Field(2048, gt=0, le=131072, description="Context length: prompt plus completion tokens.")
     max_num_seqs: int = Field(32, gt=0, le=1024, description="Most sequences the engine schedules in one step.")
     enforce_eager: bool = Field(True, description="Skip torch.compile / CUDA graphs (fast start, slower steps).")

@@ -32,7 +32,12 @@ def engine_args(model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...
         "enforce_eager": settings.enforce_eager,
         "gpu_memory_utilization": settings.gpu_memory_utilization,
         "tensor_parallel_size": settings.tensor_parallel_size,
+        "quantization": settings.quantization,
+        "kv_cache_dtype": settings.kv_cache_dtype,
         "disable_log_stats": True,
+        # llguidance covers the most JSON Schema. Compact JSON: free whitespace costs tokens, and a weak model can
+        # spend all of max_tokens on it before closing the object.
+        "structured_outputs_config": {"backend": "guidance", "disable_any_whitespace": True},
     }
     limits = {kind: 4 if kind == "image" else 2 for kind in accepts if kind != "text"}
     if limits:
@@ -81,7 +86,12 @@ class VllmEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         began = time.monotonic()
-        args = AsyncEngineArgs(**engine_args(self._model, self._path, accepts=self._accepts))
+        from vllm.config import StructuredOutputsConfig
+
+        fields = engine_args(self._model, self._path, accepts=self._accepts)
+        if isinstance(fields.get("structured_outputs_config"), dict):
+            fields["structured_outputs_config"] = StructuredOutputsConfig(**fields["structured_outputs_config"])
+        args = AsyncEngineArgs(**fields)
         self._llm = AsyncLLM.from_engine_args(args)
         self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(self._path))
         self.start_seconds = time.monotonic() - began
