@@ -149,6 +149,9 @@ class RouterSettings(Strict):
 
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one, for tests).")
+    http_port: int | None = Field(
+        8080, ge=0, le=65535, description="OpenAI-compatible HTTP port (0 picks a free one; null disables it)."
+    )
     num_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share the port via SO_REUSEPORT).")
     num_cpus: float = Field(0.25, ge=0, description="Ray CPU bookkeeping per router replica.")
     max_concurrent_rpcs: int = Field(1024, gt=0, description="RPCs one router replica serves at once.")

@@ -22,6 +22,7 @@ from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
 from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
+from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
 from gemma_serving.router.servicer import InferenceServicer
 from gemma_serving.telemetry.metrics import RouterMetrics
@@ -39,6 +40,7 @@ class RouterServer:
     health: ServiceHealth
     _probing: asyncio.Task
     metrics: RouterMetrics
+    pipeline: InferencePipeline
 
     async def drain_and_stop(self, grace_s: float, notice_s: float = 0.0) -> None:
         """Graceful drain: health NOT_SERVING first (for `notice_s`, so load balancers stop sending), then refuse
@@ -82,7 +84,7 @@ async def start_grpc_server(
     await service_health.publish()
     await server.start()
     probing = asyncio.create_task(service_health.run())
-    return RouterServer(server, port, service_health, probing, metrics)
+    return RouterServer(server, port, service_health, probing, metrics, pipeline)
 
 
 class RouterDeployment:
@@ -101,12 +103,22 @@ class RouterDeployment:
             metrics=metrics,
         )
         self._replica_counts = asyncio.create_task(_track_replicas(self._config, metrics))
+        self._http, self._http_port = None, None
+        if self._config.router.http_port is not None:
+            app = OpenAISurface(self._config, self._router.pipeline).app()
+            self._http, self._http_port = await start_http_server(
+                app, self._config.router.host, self._config.router.http_port
+            )
         log.info("gRPC router on %s:%d, metrics on :%d", self._config.router.host, self._router.port,
                  self._metrics_port)
 
     async def port(self) -> int:
         """The bound port (useful when the config asked for port 0)."""
         return self._router.port
+
+    async def http_port(self) -> int | None:
+        """The bound OpenAI-compatible HTTP port (None when disabled)."""
+        return self._http_port
 
     async def metrics_port(self) -> int:
         """The bound Prometheus scrape port."""
@@ -119,6 +131,8 @@ class RouterDeployment:
         router = getattr(self, "_router", None)
         if router is not None:
             self._replica_counts.cancel()
+            if self._http is not None:
+                self._http.should_exit = True  # uvicorn stops accepting, then lets open requests finish
             await router.drain_and_stop(self._config.router.grace_period_s, self._config.router.drain_notice_s)
             shutdown = getattr(self._tracer_provider, "shutdown", None)
             if shutdown is not None:  # flush spans still in the batch

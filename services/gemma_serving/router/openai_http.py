@@ -1,0 +1,215 @@
+"""The OpenAI-compatible HTTP surface of the router: same pipeline (limits, errors, tracing, metrics) as gRPC.
+
+Served by uvicorn inside the router replica (no extra Serve hop). Images come as data URLs, audio as base64
+`input_audio` parts or multipart uploads; errors use OpenAI's body shape with the status from the error hierarchy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from gemma_serving.config import ServingConfig
+from gemma_serving.engines.types import AudioPart, AudioTask, Chunk, GenerationRequest, Message, Sampling, TextPart
+from gemma_serving.errors import GemmaServingError, InvalidRequest
+from gemma_serving.router import openai_convert as oc
+from gemma_serving.router.pipeline import InferencePipeline
+
+log = logging.getLogger(__name__)
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 429: "rate_limit_error"}
+
+
+def error_body(exc: BaseException, request_id: str) -> tuple[int, dict]:
+    """HTTP status and OpenAI-style error body for `exc` (unexpected errors: 500 with only the request id)."""
+    if isinstance(exc, GemmaServingError) and exc.grpc_code != "INTERNAL":
+        status, message, field = exc.http_status, exc.message, exc.field
+    else:
+        log.error("request %s failed unexpectedly", request_id, exc_info=exc)
+        status, message, field = 500, f"internal error; request id {request_id}", None
+    kind = _ERROR_TYPES.get(status, "server_error")
+    return status, {"error": {"message": message, "type": kind, "param": field, "code": exc.__class__.__name__
+                              if status != 500 else "internal_error"}}
+
+
+def _error_response(exc: BaseException, request_id: str) -> JSONResponse:
+    status, body = error_body(exc, request_id)
+    headers = {"x-request-id": request_id}
+    if isinstance(exc, GemmaServingError) and exc.retry_after_s is not None:
+        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _json(request: Request) -> dict:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InvalidRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+class OpenAISurface:
+    """Routes of the OpenAI-compatible API over an InferencePipeline."""
+
+    def __init__(self, config: ServingConfig, pipeline: InferencePipeline) -> None:
+        self._config = config
+        self._pipeline = pipeline
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
+            Route("/v1/audio/translations", self.translations, methods=["POST"]),
+        ])
+
+    def _stream(self, domain: GenerationRequest, http: Request, request_id: str) -> AsyncIterator[Chunk]:
+        carrier = {k: v for k, v in http.headers.items() if k in ("traceparent", "tracestate")}
+        return self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier)
+
+    async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
+        texts, last = [], None
+        async for chunk in self._stream(domain, http, request_id):
+            texts.append(chunk.text)
+            last = chunk
+        if last is None:
+            raise GemmaServingError("the engine returned no output")
+        return "".join(texts), last
+
+    async def models(self, http: Request) -> JSONResponse:
+        data = [{"id": s.model.name, "object": "model", "created": 0, "owned_by": "gemma-serving"}
+                for s in self._config.services.values()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat(self, http: Request):
+        request_id = uuid.uuid4().hex
+        try:
+            body = await _json(http)
+            domain = oc.chat_request(body)
+            if body.get("stream"):
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                stream = self._stream(domain, http, request_id)
+                first = await _first_or_error(stream)  # errors before the first token become a normal HTTP error
+                return StreamingResponse(_sse(stream, first, request_id, domain.model, include_usage),
+                                         media_type="text/event-stream", headers={"x-request-id": request_id})
+            text, last = await self._complete(domain, http, request_id)
+            return JSONResponse(oc.chat_completion(request_id, domain.model, text, last),
+                                headers={"x-request-id": request_id})
+        except Exception as exc:
+            return _error_response(exc, request_id)
+
+    async def completions(self, http: Request):
+        request_id = uuid.uuid4().hex
+        try:
+            body = await _json(http)
+            if body.get("stream"):
+                raise InvalidRequest("stream is not supported on /v1/completions; use /v1/chat/completions",
+                                     field="stream")
+            domain = oc.completion_request(body)
+            text, last = await self._complete(domain, http, request_id)
+            return JSONResponse({
+                "id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
+                "model": domain.model,
+                "choices": [{"index": 0, "text": text, "finish_reason": oc.FINISH[last.finish_reason],
+                             "logprobs": None}],
+                "usage": oc.usage(last),
+            }, headers={"x-request-id": request_id})
+        except Exception as exc:
+            return _error_response(exc, request_id)
+
+    async def transcriptions(self, http: Request):
+        return await self._audio(http, translate=False)
+
+    async def translations(self, http: Request):
+        return await self._audio(http, translate=True)
+
+    async def _audio(self, http: Request, *, translate: bool):
+        request_id = uuid.uuid4().hex
+        try:
+            try:
+                form = await http.form(max_files=1, max_fields=16)
+            except Exception:
+                raise InvalidRequest("send multipart/form-data with a `file` and a `model`") from None
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise InvalidRequest("file is required: the audio to transcribe", field="file")
+            data = await upload.read(self._config.limits.max_audio_bytes + 1)
+            parts = [AudioPart(data, upload.content_type or "")]
+            if form.get("prompt"):
+                parts.append(TextPart(str(form["prompt"])))
+            task = AudioTask("translate", "English") if translate else AudioTask("transcribe")
+            sampling = Sampling(temperature=float(form["temperature"]) if form.get("temperature") else None)
+            domain = GenerationRequest(str(form.get("model", "")), (Message("user", tuple(parts)),), sampling,
+                                       audio_task=task)
+            text, _ = await self._complete(domain, http, request_id)
+            if form.get("response_format") == "text":
+                return PlainTextResponse(text, headers={"x-request-id": request_id})
+            return JSONResponse({"text": text}, headers={"x-request-id": request_id})
+        except ValueError as exc:
+            return _error_response(InvalidRequest(f"invalid form field: {exc}"), request_id)
+        except Exception as exc:
+            return _error_response(exc, request_id)
+
+
+async def _first_or_error(stream: AsyncIterator[Chunk]) -> Chunk | None:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: str, model: str,
+               include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chat.completion.chunk format, ending with [DONE]."""
+    try:
+        yield f"data: {oc.chat_chunk(request_id, model, {'role': 'assistant', 'content': ''})}\n\n"
+        chunk = first
+        while chunk is not None:
+            delta: dict = {"content": chunk.text} if chunk.text else {}
+            if chunk.tool_calls:
+                delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(oc.tool_calls_json(chunk.tool_calls))]
+            finish = oc.FINISH[chunk.finish_reason]
+            if delta or finish:
+                yield f"data: {oc.chat_chunk(request_id, model, delta, finish)}\n\n"
+            last, chunk = chunk, await anext(stream, None)
+        if include_usage and first is not None:
+            body = json.loads(oc.chat_chunk(request_id, model, {}, None, oc.usage(last)))
+            body["choices"] = []
+            yield f"data: {json.dumps(body)}\n\n"
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _, body = error_body(exc, request_id)
+        yield f"data: {json.dumps(body)}\n\n"
+    finally:
+        await stream.aclose()
+    yield "data: [DONE]\n\n"
+
+
+async def start_http_server(app: Starlette, host: str, port: int):
+    """Run uvicorn on the current event loop; returns (server, bound port)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
+                                           access_log=False))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # raises the bind error
+        await asyncio.sleep(0.01)
+    server.gemma_task = task
+    return server, server.servers[0].sockets[0].getsockname()[1]
+
