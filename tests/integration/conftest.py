@@ -42,6 +42,7 @@ def otlp_receiver():
 def platform_config(otlp_receiver):
     data = load_config().model_dump(mode="json")
     data["router"]["port"] = 0
+    data["router"]["http_port"] = 0
     # Every span exported quickly to the loopback receiver; metrics on a free port.
     data["telemetry"] = {"otlp_endpoint": otlp_receiver.endpoint, "sampling_ratio": 1.0, "export_delay_ms": 200,
                          "metrics_port": 0}
