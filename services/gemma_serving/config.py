@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gemma_serving.errors import InvalidRequest
+from gemma_serving.security_config import SecuritySettings
 
 
 class Strict(BaseModel):
@@ -183,6 +184,7 @@ class ServingConfig(Strict):
     router: RouterSettings = Field(default_factory=RouterSettings, description="gRPC router.")
     limits: RequestLimits = Field(default_factory=RequestLimits, description="Request input limits.")
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings, description="Tracing and metrics.")
+    security: SecuritySettings = Field(default_factory=SecuritySettings, description="Auth, tenants, TLS, safety.")
     services: dict[ServiceKind, ServiceConfig] = Field(..., description="Services by kind: text, vision, audio.")
 
     @model_validator(mode="after")

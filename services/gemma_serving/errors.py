@@ -87,5 +87,12 @@ class UnsupportedModality(GemmaServingError):
     http_status = 501
 
 
+class PolicyViolation(GemmaServingError):
+    """The safety policy refused the request or stopped the output."""
+
+    grpc_code = "FAILED_PRECONDITION"
+    http_status = 400
+
+
 class InternalError(GemmaServingError):
     """An unexpected failure; the client sees only a generic message and the request id."""

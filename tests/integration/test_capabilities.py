@@ -5,7 +5,6 @@ import json
 import re
 
 import jsonschema
-
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import audio_part, message
 from gemma_serving.client.samples import sample_wav

@@ -7,7 +7,6 @@ import json
 import jsonschema
 import openai
 import pytest
-
 from gemma_serving.client.samples import sample_png, sample_wav
 
 

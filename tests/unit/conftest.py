@@ -70,3 +70,25 @@ async def router(config):
     yield pb_grpc.InferenceStub(channel), backend
     await channel.close()
     await router.drain_and_stop(0)
+
+
+@pytest.fixture
+async def make_router():
+    """Start routers with custom config overrides (FakeEngines behind); stopped at teardown."""
+    started = []
+
+    async def start(overrides: dict, *, step_delay_s: float = 0.005):
+        config = parse_config({**CONFIG, **overrides})
+        deployments = {
+            kind: await make_deployment(kind, service, FakeEngine(step_delay_s=step_delay_s))
+            for kind, service in config.services.items()
+        }
+        backend = InProcessBackend(deployments)
+        router = await start_grpc_server(config, backend, health_interval_s=0.1)
+        backend.router = router
+        started.append(router)
+        return router, backend
+
+    yield start
+    for router in started:
+        await router.drain_and_stop(0)

@@ -3,7 +3,6 @@ import time
 
 import grpc
 import pytest
-
 from gemma_serving.client import prompts
 from gemma_serving.client.retry import RetryPolicy
 from gemma_serving.client.sdk import AsyncGemmaClient, GenerateResult, message

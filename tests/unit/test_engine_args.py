@@ -1,8 +1,7 @@
 import pytest
-
 from gemma_serving.config import ModelConfig, parse_config
-from gemma_serving.errors import InvalidRequest
 from gemma_serving.engines.vllm import engine_args
+from gemma_serving.errors import InvalidRequest
 
 
 def model(**engine):

@@ -16,6 +16,7 @@ TABLE = [
     (errors.ReplicaGone, grpc.StatusCode.UNAVAILABLE, 503),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     (errors.UnsupportedModality, grpc.StatusCode.UNIMPLEMENTED, 501),
+    (errors.PolicyViolation, grpc.StatusCode.FAILED_PRECONDITION, 400),
     (errors.InternalError, grpc.StatusCode.INTERNAL, 500),
 ]
 

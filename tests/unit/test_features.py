@@ -4,7 +4,6 @@ import json
 
 import grpc
 import pytest
-
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import audio_part, message
 from gemma_serving.client.samples import sample_wav

@@ -6,7 +6,6 @@ import json
 
 import openai
 import pytest
-
 from gemma_serving.client.samples import sample_png, sample_wav
 from gemma_serving.config import ServiceKind
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server

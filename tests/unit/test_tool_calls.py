@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from gemma_serving.engines.tool_calls import forced_call_schema, parse_tool_calls, tools_prompt
 from gemma_serving.engines.types import Tool, ToolChoice
 

@@ -295,3 +295,29 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("tenant", "window_seconds", "requests_in_window", "tokens_in_window", "requests_remaining", "tokens_remaining", "concurrent_streams", "concurrent_streams_limit", "reset_in_ms")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    CONCURRENT_STREAMS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    RESET_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    window_seconds: int
+    requests_in_window: int
+    tokens_in_window: int
+    requests_remaining: int
+    tokens_remaining: int
+    concurrent_streams: int
+    concurrent_streams_limit: int
+    reset_in_ms: int
+    def __init__(self, tenant: _Optional[str] = ..., window_seconds: _Optional[int] = ..., requests_in_window: _Optional[int] = ..., tokens_in_window: _Optional[int] = ..., requests_remaining: _Optional[int] = ..., tokens_remaining: _Optional[int] = ..., concurrent_streams: _Optional[int] = ..., concurrent_streams_limit: _Optional[int] = ..., reset_in_ms: _Optional[int] = ...) -> None: ...

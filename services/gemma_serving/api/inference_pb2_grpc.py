@@ -60,6 +60,11 @@ class InferenceStub:
                 request_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.SerializeToString,
                 response_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.BatchItemResult.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/gemma.serving.v1.Inference/GetUsage',
+                request_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -102,6 +107,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """GetUsage reports the calling tenant's usage and remaining quota in the current window (per router replica).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +141,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GenerateBatchStream,
                     request_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.FromString,
                     response_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.BatchItemResult.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GetUsageRequest.FromString,
+                    response_serializer=gemma_dot_serving_dot_v1_dot_inference__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +284,33 @@ class Inference:
             '/gemma.serving.v1.Inference/GenerateBatchStream',
             gemma_dot_serving_dot_v1_dot_inference__pb2.GenerateBatchRequest.SerializeToString,
             gemma_dot_serving_dot_v1_dot_inference__pb2.BatchItemResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gemma.serving.v1.Inference/GetUsage',
+            gemma_dot_serving_dot_v1_dot_inference__pb2.GetUsageRequest.SerializeToString,
+            gemma_dot_serving_dot_v1_dot_inference__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,6 +22,7 @@ from gemma_serving.config import ServingConfig
 from gemma_serving.engines.types import AudioPart, AudioTask, Chunk, GenerationRequest, Message, Sampling, TextPart
 from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router import openai_convert as oc
+from gemma_serving.router.auth import Credentials
 from gemma_serving.router.pipeline import InferencePipeline
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,28 @@ class OpenAISurface:
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
             Route("/v1/audio/translations", self.translations, methods=["POST"]),
+            Route("/v1/usage", self.usage, methods=["GET"]),
         ])
+
+    async def usage(self, http: Request) -> JSONResponse:
+        """The calling tenant's usage and remaining quota (same figures as the GetUsage RPC)."""
+        request_id = uuid.uuid4().hex
+        try:
+            tenant = self._pipeline.tenancy.authenticate(_credentials(http))
+            u = self._pipeline.tenancy.quotas.usage(tenant)
+            return JSONResponse({
+                "tenant": u.tenant, "window_seconds": 60, "requests": u.requests, "tokens": u.tokens,
+                "requests_limit": u.requests_limit, "tokens_limit": u.tokens_limit,
+                "concurrent_streams": u.concurrent, "concurrent_streams_limit": u.concurrent_limit,
+                "reset_in_ms": int(u.reset_in_s * 1000),
+            })
+        except Exception as exc:
+            return _error_response(exc, request_id)
 
     def _stream(self, domain: GenerationRequest, http: Request, request_id: str) -> AsyncIterator[Chunk]:
         carrier = {k: v for k, v in http.headers.items() if k in ("traceparent", "tracestate")}
-        return self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier)
+        return self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier,
+                                     credentials=_credentials(http))
 
     async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
         texts, last = [], None
@@ -162,6 +180,10 @@ class OpenAISurface:
             return _error_response(InvalidRequest(f"invalid form field: {exc}"), request_id)
         except Exception as exc:
             return _error_response(exc, request_id)
+
+
+def _credentials(http: Request) -> Credentials:
+    return Credentials(http.headers.get("authorization"), None, http.client.host if http.client else "unknown")
 
 
 async def _first_or_error(stream: AsyncIterator[Chunk]) -> Chunk | None:

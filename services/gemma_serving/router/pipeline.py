@@ -1,15 +1,14 @@
-"""What every surface (gRPC now, OpenAI-compatible HTTP later) does with a request.
+"""What every surface (gRPC, OpenAI-compatible HTTP) does with a request.
 
-Validate, set the deadline, continue the client's trace, route to the service, stream chunks back, and record
-metrics and the router span. Surfaces only convert their wire format to and from the domain types.
+Authenticate, validate, admit (permissions, quotas, fair share, safety), set the deadline, continue the client's
+trace, route to the service, stream chunks back (charging tokens as they stream), and record metrics, the router span
+and one structured log line. Surfaces only convert their wire format to and from the domain types.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import logging
 import time
 from typing import AsyncIterator, Mapping
 
@@ -20,37 +19,45 @@ from gemma_serving.config import ServingConfig
 from gemma_serving.engines.tool_calls import parse_tool_calls
 from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, Tool
 from gemma_serving.errors import GemmaServingError
+from gemma_serving.router.auth import Credentials
 from gemma_serving.router.backends import Backend
+from gemma_serving.router.tenancy import Tenancy
 from gemma_serving.router.validation import validate_request
+from gemma_serving.security_config import TenantConfig
 from gemma_serving.telemetry import attributes as attr
+from gemma_serving.telemetry.logs import configure_request_logging, prompt_hash
 from gemma_serving.telemetry.metrics import RouterMetrics
 from gemma_serving.telemetry.tracing import extract, inject
 
-log = logging.getLogger(__name__)
 
-DEFAULT_TENANT = "default"
+@dataclasses.dataclass
+class _Progress:
+    """What happened to one request, for metrics, the span and the log line."""
 
-
-def prompt_digest(request: GenerationRequest) -> str:
-    """A short hash of the prompt text, for logs: prompt text itself is never logged."""
-    h = hashlib.sha256()
-    for m in request.messages:
-        for p in m.parts:
-            h.update(getattr(p, "text", "").encode())
-    return h.hexdigest()[:12]
+    received: float
+    service: str = "none"
+    model: str = "unknown"
+    tenant: str = "unknown"
+    code: str = "OK"
+    first_at: float | None = None
+    previous_at: float | None = None
+    last: Chunk | None = None
+    waiting: bool = False
+    charged: int = 0
 
 
 class InferencePipeline:
-    """Validation, routing, deadlines, tracing and metrics around a Backend."""
+    """Authentication, validation, admission, routing, deadlines, tracing, metrics and logs around a Backend."""
 
-    def __init__(
-        self, config: ServingConfig, backend: Backend, *, tracer: trace.Tracer, metrics: RouterMetrics
-    ) -> None:
+    def __init__(self, config: ServingConfig, backend: Backend, *, tracer: trace.Tracer, metrics: RouterMetrics,
+                 tenancy: Tenancy | None = None) -> None:
         self._config = config
         self._backend = backend
         self._tracer = tracer
         self._metrics = metrics
+        self.tenancy = tenancy or Tenancy(config)
         self._models = {s.model.name for s in config.services.values()}
+        self._log = configure_request_logging()
 
     async def stream(
         self,
@@ -59,92 +66,114 @@ class InferencePipeline:
         request_id: str,
         time_remaining: float | None,
         carrier: Mapping[str, str],
-        tenant: str = DEFAULT_TENANT,
+        credentials: Credentials = Credentials(),
     ) -> AsyncIterator[Chunk]:
         """Stream chunks for `request`; raises GemmaServingError subclasses for every expected failure."""
-        received = time.monotonic()
-        model = request.model if request.model in self._models else "unknown"
+        p = _Progress(received=time.monotonic(), model=request.model if request.model in self._models else "unknown")
         span = self._tracer.start_span(
-            attr.SPAN_ROUTER,
-            context=extract(carrier),
-            kind=SpanKind.SERVER,
+            attr.SPAN_ROUTER, context=extract(carrier), kind=SpanKind.SERVER,
             attributes={attr.OPERATION: attr.OPERATION_CHAT, attr.PROVIDER: attr.PROVIDER_NAME,
-                        attr.REQUEST_MODEL: model, attr.RESPONSE_ID: request_id, attr.TENANT: tenant},
+                        attr.REQUEST_MODEL: p.model, attr.RESPONSE_ID: request_id},
         )
-        service, code, first_at, previous_at, last = "none", "OK", None, None, None
-        waiting = False
+        tenant: TenantConfig | None = None
+        admitted = False
         try:
+            tenant = self.tenancy.authenticate(credentials)
+            p.tenant = tenant.id
+            span.set_attribute(attr.TENANT, tenant.id)
             kind, request = validate_request(request, self._config)
-            service = kind.value
-            budget = self._config.router.max_request_seconds
-            now = time.time()
-            request = dataclasses.replace(
-                request,
-                # The deadline travels with the request; the deployment aborts the engine request when it passes.
-                deadline=now + min(budget, time_remaining or budget),
-                trace_context=inject(trace.set_span_in_context(span)),
-                sent_at=now,
-            )
-            _set_request_attributes(span, request, service)
-            log.info("request %s tenant=%s model=%s service=%s prompt=%s", request_id, tenant, model, service,
-                     prompt_digest(request))
-            self._metrics.in_flight.labels(service).inc()
-            self._metrics.waiting.labels(service).inc()
-            waiting = True
+            p.service = kind.value
+            self.tenancy.admit(tenant, request, p.service)
+            admitted = True
+            request = self._prepare(request, span, time_remaining)
+            span.set_attribute(attr.SERVICE, p.service)
+            self._metrics.in_flight.labels(p.service).inc()
+            self._metrics.waiting.labels(p.service).inc()
+            p.waiting = True
             stream = self._backend.stream(kind, request, request_id)
             if request.tools and request.tool_choice.mode != "none":
                 stream = with_tool_calls(stream, request.tools)
             try:
+                text = ""
                 async for chunk in stream:
-                    at = time.monotonic()
-                    if first_at is None:
-                        first_at = at
-                        waiting = False
-                        self._metrics.waiting.labels(service).dec()
-                        self._metrics.ttft.labels(service, model, tenant).observe(at - received)
-                        if chunk.queue_seconds is not None:
-                            self._metrics.queue.labels(service, model).observe(max(chunk.queue_seconds, 0.0))
-                    elif last is not None and chunk.completion_tokens > last.completion_tokens:
-                        # One observation per chunk, averaged over its tokens: no per-token Python work.
-                        gap = (at - previous_at) / (chunk.completion_tokens - last.completion_tokens)
-                        self._metrics.itl.labels(service, model).observe(gap)
-                    previous_at, last = at, chunk
+                    self._observe(p, chunk, tenant)
+                    if self.tenancy.checks_output:
+                        text += chunk.text
+                        self.tenancy.policy.check_output(text)
                     yield chunk
             finally:
                 await stream.aclose()
         except (asyncio.CancelledError, GeneratorExit):
-            code = "CANCELLED"
+            p.code = "CANCELLED"
             raise
         except GemmaServingError as exc:
-            code = exc.grpc_code
+            p.code = exc.grpc_code
             raise
         except Exception:
-            code = "INTERNAL"
+            p.code = "INTERNAL"
             raise
         finally:
-            self._finish(span, service, model, tenant, code, received, first_at, last, waiting)
+            if admitted:
+                self.tenancy.release(tenant, p.service)
+            self._finish(span, p, request_id, request)
 
-    def _finish(self, span, service, model, tenant, code, received, first_at, last, waiting) -> None:
+    def _prepare(self, request: GenerationRequest, span, time_remaining: float | None) -> GenerationRequest:
+        budget = self._config.router.max_request_seconds
+        now = time.time()
+        _set_request_attributes(span, request)
+        return dataclasses.replace(
+            request,
+            # The deadline travels with the request; the deployment aborts the engine request when it passes.
+            deadline=now + min(budget, time_remaining or budget),
+            trace_context=inject(trace.set_span_in_context(span)),
+            sent_at=now,
+        )
+
+    def _observe(self, p: _Progress, chunk: Chunk, tenant: TenantConfig) -> None:
+        m, at = self._metrics, time.monotonic()
+        if p.first_at is None:
+            p.first_at, p.waiting = at, False
+            m.waiting.labels(p.service).dec()
+            m.ttft.labels(p.service, p.model, p.tenant).observe(at - p.received)
+            if chunk.queue_seconds is not None:
+                m.queue.labels(p.service, p.model).observe(max(chunk.queue_seconds, 0.0))
+        elif p.last is not None and chunk.completion_tokens > p.last.completion_tokens:
+            # One observation per chunk, averaged over its tokens: no per-token Python work.
+            m.itl.labels(p.service, p.model).observe(
+                (at - p.previous_at) / (chunk.completion_tokens - p.last.completion_tokens))
+        used = chunk.prompt_tokens + chunk.completion_tokens
+        self.tenancy.quotas.charge(tenant, used - p.charged)  # tokens are charged as they stream
+        p.charged, p.previous_at, p.last = used, at, chunk
+
+    def _finish(self, span, p: _Progress, request_id: str, request: GenerationRequest) -> None:
         m = self._metrics
-        if service != "none":
-            m.in_flight.labels(service).dec()
-            if waiting:
-                m.waiting.labels(service).dec()
-        m.requests.labels(service, model, tenant, code).inc()
-        m.duration.labels(service, model, tenant, code).observe(time.monotonic() - received)
-        span.set_attribute(attr.STATUS_CODE, code)
-        if first_at is not None:
-            span.set_attribute(attr.TIME_TO_FIRST_TOKEN_S, first_at - received)
+        if p.waiting or p.first_at is not None:
+            m.in_flight.labels(p.service).dec()
+            if p.waiting:
+                m.waiting.labels(p.service).dec()
+        m.requests.labels(p.service, p.model, p.tenant, p.code).inc()
+        latency = time.monotonic() - p.received
+        m.duration.labels(p.service, p.model, p.tenant, p.code).observe(latency)
+        span.set_attribute(attr.STATUS_CODE, p.code)
+        last = p.last
+        if p.first_at is not None:
+            span.set_attribute(attr.TIME_TO_FIRST_TOKEN_S, p.first_at - p.received)
         if last is not None:
-            m.prompt_tokens.labels(service, model, tenant).inc(last.prompt_tokens)
-            m.completion_tokens.labels(service, model, tenant).inc(last.completion_tokens)
+            m.prompt_tokens.labels(p.service, p.model, p.tenant).inc(last.prompt_tokens)
+            m.completion_tokens.labels(p.service, p.model, p.tenant).inc(last.completion_tokens)
             span.set_attribute(attr.USAGE_INPUT_TOKENS, last.prompt_tokens)
             span.set_attribute(attr.USAGE_OUTPUT_TOKENS, last.completion_tokens)
             if last.finish_reason is not None:
                 span.set_attribute(attr.RESPONSE_FINISH_REASONS, [last.finish_reason.value])
-        if code not in ("OK", "CANCELLED"):
-            span.set_status(Status(StatusCode.ERROR, code))
+        if p.code not in ("OK", "CANCELLED"):
+            span.set_status(Status(StatusCode.ERROR, p.code))
         span.end()
+        self._log.info("request finished", extra={"fields": {
+            "request_id": request_id, "tenant": p.tenant, "model": p.model, "service": p.service, "status": p.code,
+            "prompt_tokens": last.prompt_tokens if last else 0,
+            "completion_tokens": last.completion_tokens if last else 0,
+            "latency_ms": round(latency * 1000, 1), "prompt_sha": prompt_hash(request),
+        }})
 
 
 async def with_tool_calls(stream: AsyncIterator[Chunk], tools: tuple[Tool, ...]) -> AsyncIterator[Chunk]:
@@ -169,9 +198,8 @@ async def with_tool_calls(stream: AsyncIterator[Chunk], tools: tuple[Tool, ...])
         yield dataclasses.replace(last, text=text)
 
 
-def _set_request_attributes(span, request: GenerationRequest, service: str) -> None:
+def _set_request_attributes(span, request: GenerationRequest) -> None:
     s = request.sampling
-    span.set_attribute(attr.SERVICE, service)
     span.set_attribute(attr.REQUEST_MAX_TOKENS, s.max_tokens)
     span.set_attribute(attr.INPUT_MODALITIES, sorted(request.modalities()))
     if s.temperature is not None:

@@ -25,12 +25,14 @@ from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
 from gemma_serving.router.servicer import InferenceServicer
+from gemma_serving.router.tls import server_credentials
 from gemma_serving.telemetry.metrics import RouterMetrics
 from gemma_serving.telemetry.tracing import build_tracer_provider
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 2**20
+MAX_METADATA_BYTES = 16 * 2**10
 
 
 @dataclass
@@ -68,6 +70,8 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Headers beyond this are refused by gRPC itself (oversized metadata never reaches our code).
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ],
         maximum_concurrent_rpcs=config.router.max_concurrent_rpcs,
     )
@@ -78,7 +82,9 @@ async def start_grpc_server(
     names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     assert names[0] == INFERENCE_SERVICE
-    port = server.add_insecure_port(f"{config.router.host}:{config.router.port}")
+    address = f"{config.router.host}:{config.router.port}"
+    tls = config.security.tls
+    port = server.add_secure_port(address, server_credentials(tls)) if tls else server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {config.router.host}:{config.router.port}")
     await service_health.publish()

@@ -13,8 +13,10 @@ from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk
 from gemma_serving.errors import GemmaServingError, InvalidRequest
+from gemma_serving.router.auth import Credentials
 from gemma_serving.router.health import ServiceHealth, ServiceState
 from gemma_serving.router.pipeline import InferencePipeline
+from gemma_serving.router.quotas import WINDOW_S, UsageSnapshot
 from gemma_serving.router.status import abort_with, status_for
 
 MODEL_STATUS_TO_PB = {
@@ -40,7 +42,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             request_id=request_id,
             time_remaining=context.time_remaining(),
             carrier=metadata,
+            credentials=credentials_of(context, metadata),
         )
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context) -> pb.GetUsageResponse:
+        request_id = _new_request_id()
+        try:
+            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            tenant = self._pipeline.tenancy.authenticate(credentials_of(context, metadata))
+            return usage_to_pb(self._pipeline.tenancy.quotas.usage(tenant))
+        except Exception as exc:
+            await abort_with(context, exc, request_id)
 
     async def _complete(self, request: pb.GenerateRequest, context, request_id: str) -> pb.GenerateResponse:
         texts, last = [], None
@@ -119,6 +131,30 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             for kind, s in self._config.services.items()
         ]
         return pb.ListModelsResponse(models=models)
+
+
+def credentials_of(context, metadata: dict[str, str]) -> Credentials:
+    """The caller's authorization metadata, verified mTLS certificate CN (if any) and address."""
+    subject = None
+    names = (context.auth_context() or {}).get("x509_common_name")
+    if names:
+        subject = names[0].decode(errors="replace")
+    return Credentials(metadata.get("authorization"), subject, (context.peer() or "unknown").rsplit(":", 1)[0])
+
+
+def usage_to_pb(usage: UsageSnapshot) -> pb.GetUsageResponse:
+    unlimited = -1
+    return pb.GetUsageResponse(
+        tenant=usage.tenant,
+        window_seconds=int(WINDOW_S),
+        requests_in_window=usage.requests,
+        tokens_in_window=usage.tokens,
+        requests_remaining=unlimited if usage.requests_limit is None else max(usage.requests_limit - usage.requests, 0),
+        tokens_remaining=unlimited if usage.tokens_limit is None else max(usage.tokens_limit - usage.tokens, 0),
+        concurrent_streams=usage.concurrent,
+        concurrent_streams_limit=unlimited if usage.concurrent_limit is None else usage.concurrent_limit,
+        reset_in_ms=int(usage.reset_in_s * 1000),
+    )
 
 
 def _new_request_id() -> str:

@@ -1,0 +1,121 @@
+"""Per-tenant quotas (requests and tokens per minute, concurrent streams) and fair admission under saturation.
+
+Quotas are enforced per router replica with each replica holding an equal share (limit / router.num_replicas):
+requests are spread evenly over replicas by the load balancer, so the sum is the configured limit without a shared
+store on the token path. Tokens are charged as they stream; a tenant over its token budget is refused new requests
+until the window frees up (a running stream is not cut).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from gemma_serving.errors import Overloaded, RateLimited
+from gemma_serving.security_config import TenantConfig
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class UsageSnapshot:
+    tenant: str
+    requests: int
+    tokens: int
+    requests_limit: int | None
+    tokens_limit: int | None
+    concurrent: int
+    concurrent_limit: int | None
+    reset_in_s: float
+
+
+class _Window:
+    """Amounts in the last WINDOW_S seconds."""
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def prune(self, now: float) -> None:
+        while self.events and now - self.events[0][0] >= WINDOW_S:
+            self.total -= self.events.popleft()[1]
+
+    def add(self, now: float, amount: int) -> None:
+        self.events.append((now, amount))
+        self.total += amount
+
+    def reset_in(self, now: float) -> float:
+        return WINDOW_S - (now - self.events[0][0]) if self.events else 0.0
+
+
+class TenantQuotas:
+    """Admission against each tenant's share of its quotas; `share` = 1 / number of router replicas."""
+
+    def __init__(self, *, share: float = 1.0, clock=time.monotonic) -> None:
+        self._share = share
+        self._clock = clock
+        self._requests: dict[str, _Window] = defaultdict(_Window)
+        self._tokens: dict[str, _Window] = defaultdict(_Window)
+        self._concurrent: dict[str, int] = defaultdict(int)
+
+    def _limit(self, value: int | None) -> int | None:
+        return None if value is None else max(1, math.floor(value * self._share))
+
+    def admit(self, tenant: TenantConfig) -> None:
+        """Count a new request or raise RateLimited saying which limit was hit and when to retry."""
+        now = self._clock()
+        requests, tokens = self._requests[tenant.id], self._tokens[tenant.id]
+        requests.prune(now)
+        tokens.prune(now)
+        rpm, tpm, streams = (self._limit(tenant.requests_per_minute), self._limit(tenant.tokens_per_minute),
+                             tenant.max_concurrent_streams)
+        if rpm is not None and requests.total >= rpm:
+            raise RateLimited(f"tenant {tenant.id} exceeded requests_per_minute ({rpm} per router replica)",
+                              retry_after_s=max(requests.reset_in(now), 0.1))
+        if tpm is not None and tokens.total >= tpm:
+            raise RateLimited(f"tenant {tenant.id} exceeded tokens_per_minute ({tpm} per router replica)",
+                              retry_after_s=max(tokens.reset_in(now), 0.1))
+        if streams is not None and self._concurrent[tenant.id] >= streams:
+            raise RateLimited(f"tenant {tenant.id} reached max_concurrent_streams ({streams})", retry_after_s=1.0)
+        requests.add(now, 1)
+        self._concurrent[tenant.id] += 1
+
+    def charge(self, tenant: TenantConfig, tokens: int) -> None:
+        if tokens > 0:
+            self._tokens[tenant.id].add(self._clock(), tokens)
+
+    def release(self, tenant: TenantConfig) -> None:
+        self._concurrent[tenant.id] -= 1
+
+    def usage(self, tenant: TenantConfig) -> UsageSnapshot:
+        now = self._clock()
+        requests, tokens = self._requests[tenant.id], self._tokens[tenant.id]
+        requests.prune(now)
+        tokens.prune(now)
+        return UsageSnapshot(tenant.id, requests.total, tokens.total, self._limit(tenant.requests_per_minute),
+                             self._limit(tenant.tokens_per_minute), self._concurrent[tenant.id],
+                             tenant.max_concurrent_streams, max(requests.reset_in(now), tokens.reset_in(now)))
+
+
+class FairShare:
+    """Once a service is more than half full, no tenant may hold more than an equal share of its capacity."""
+
+    def __init__(self, capacity: dict[str, int]) -> None:
+        self._capacity = capacity
+        self._in_flight: dict[str, dict[str, int]] = {s: defaultdict(int) for s in capacity}
+
+    def admit(self, service: str, tenant: str) -> None:
+        held = self._in_flight[service]
+        total, capacity = sum(held.values()), self._capacity[service]
+        if total >= capacity // 2:
+            active = len([t for t, n in held.items() if n > 0] + ([] if held.get(tenant) else [tenant]))
+            share = max(1, capacity // max(active, 1))
+            if held[tenant] >= share:
+                raise Overloaded(f"the {service} service is saturated; tenant {tenant} holds its fair share "
+                                 f"({share} of {capacity} slots)", retry_after_s=1.0)
+        held[tenant] += 1
+
+    def release(self, service: str, tenant: str) -> None:
+        self._in_flight[service][tenant] -= 1
