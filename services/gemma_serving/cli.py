@@ -18,6 +18,15 @@ def _cmd_build_models(args) -> int:
     return 0
 
 
+def _cmd_new_api_key(args) -> int:
+    from gemma_serving.router.auth import new_api_key
+
+    key, key_hash = new_api_key()
+    print(f"API key (give it to the client; it is not stored anywhere): {key}")
+    print(f"hash (put it in the tenant's api_key_hashes):                {key_hash}")
+    return 0
+
+
 def _cmd_up(args) -> int:
     from gemma_serving.local import up
 
@@ -103,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("build-models", _cmd_build_models, "build the tiny local Gemma checkpoints")
     p.add_argument("--cache-dir", type=Path, default=None, help="where to build (default: the model cache)")
+    add("new-api-key", _cmd_new_api_key, "print a new API key and the salted hash to configure")
     add("up", _cmd_up, "start the platform in the background (local Ray + the app)", config=True)
     add("serve", _cmd_serve, "run the platform in the foreground until SIGTERM", config=True)
     add("down", _cmd_down, "stop the background platform")
