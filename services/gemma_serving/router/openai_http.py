@@ -23,7 +23,7 @@ from gemma_serving.engines.types import AudioPart, AudioTask, Chunk, GenerationR
 from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router import openai_convert as oc
 from gemma_serving.router.auth import Credentials
-from gemma_serving.router.pipeline import InferencePipeline
+from gemma_serving.router.pipeline import InferencePipeline, collect
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,7 @@ class OpenAISurface:
                                      credentials=_credentials(http))
 
     async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
-        texts, last = [], None
-        async for chunk in self._stream(domain, http, request_id):
-            texts.append(chunk.text)
-            last = chunk
-        if last is None:
-            raise GemmaServingError("the engine returned no output")
-        return "".join(texts), last
+        return await collect(self._stream(domain, http, request_id))
 
     async def models(self, http: Request) -> JSONResponse:
         data = [{"id": s.model.name, "object": "model", "created": 0, "owned_by": "gemma-serving"}

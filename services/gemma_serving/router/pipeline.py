@@ -176,6 +176,17 @@ class InferencePipeline:
         }})
 
 
+async def collect(stream: AsyncIterator[Chunk]) -> tuple[str, Chunk]:
+    """The whole text of a stream and its last chunk (finish reason, usage, tool calls), for unary answers."""
+    texts, last = [], None
+    async for chunk in stream:
+        texts.append(chunk.text)
+        last = chunk
+    if last is None:
+        raise GemmaServingError("the engine returned no output")
+    return "".join(texts), last
+
+
 async def with_tool_calls(stream: AsyncIterator[Chunk], tools: tuple[Tool, ...]) -> AsyncIterator[Chunk]:
     """Buffer a reply to a request that offered tools: one chunk with the parsed tool calls, or with the text.
 

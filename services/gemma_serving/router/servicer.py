@@ -12,10 +12,10 @@ from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk
-from gemma_serving.errors import GemmaServingError, InvalidRequest
+from gemma_serving.errors import InvalidRequest
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.health import ServiceHealth, ServiceState
-from gemma_serving.router.pipeline import InferencePipeline
+from gemma_serving.router.pipeline import InferencePipeline, collect
 from gemma_serving.router.quotas import WINDOW_S, UsageSnapshot
 from gemma_serving.router.status import abort_with, status_for
 
@@ -55,13 +55,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             await abort_with(context, exc, request_id)
 
     async def _complete(self, request: pb.GenerateRequest, context, request_id: str) -> pb.GenerateResponse:
-        texts, last = [], None
-        async for chunk in self._chunks(request, context, request_id):
-            texts.append(chunk.text)
-            last = chunk
-        if last is None:
-            raise GemmaServingError("the engine returned no output")
-        return response_to_pb("".join(texts), last, request_id, request.model)
+        text, last = await collect(self._chunks(request, context, request_id))
+        return response_to_pb(text, last, request_id, request.model)
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         request_id = _new_request_id()
