@@ -60,8 +60,41 @@ class EngineSettings(Strict):
     cpu_kv_cache_gib: int = Field(
         1, ge=1, le=512, description="KV cache size on CPU-only nodes (VLLM_CPU_KVCACHE_SPACE); ignored on GPUs."
     )
+    max_loras: int = Field(
+        2, ge=1, le=64, description="LoRA adapters one engine step can batch together (vLLM max_loras: adapter slots "
+        "on the accelerator, LRU). Only used when the model has adapters."
+    )
+    max_cpu_loras: int = Field(
+        4, ge=1, le=1024, description="LoRA adapters a replica keeps loaded (host memory), least recently used evicted "
+        "beyond; also the per-replica bound of Ray Serve's adapter multiplexing. Must be >= max_loras."
+    )
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        16, description="Largest adapter rank the engine accepts (vLLM max_lora_rank); it sizes the adapter slots."
+    )
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="Escape hatch: further vllm AsyncEngineArgs fields, passed through as is."
+    )
+
+    @model_validator(mode="after")
+    def _lora_cache_holds_the_batch(self) -> EngineSettings:
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError("max_cpu_loras must be at least max_loras")
+        return self
+
+
+class AdapterConfig(Strict):
+    """A LoRA adapter of a model, chosen per request with GenerateRequest.adapter."""
+
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Name clients put in GenerateRequest.adapter."
+    )
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="PEFT adapter directory (adapter_config.json + adapter_model.safetensors): a local path; "
+        "gs://<bucket>/<path>, read through the bucket's GCS FUSE mount (the Helm chart mounts "
+        "modelStorage.gcsFuse.bucket at modelStorage.mountPath; GEMMA_SERVING_GCS_MOUNT, default /models); or "
+        "tiny-lora://text for the locally built test adapter of tiny://text.",
     )
 
 
@@ -78,6 +111,19 @@ class ModelConfig(Strict):
     default_max_tokens: int = Field(256, gt=0, description="max_tokens used when a request leaves it unset.")
     max_output_tokens: int = Field(1024, gt=0, description="Largest max_tokens a request may ask for.")
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Engine settings for this model.")
+    adapters: list[AdapterConfig] = Field(
+        default_factory=list,
+        max_length=256,
+        description="LoRA adapters requests may select by name (text models only). Loaded into a replica on first "
+        "use, bounded by engine.max_cpu_loras (LRU); requests for an adapter prefer replicas that have it loaded.",
+    )
+
+    @model_validator(mode="after")
+    def _unique_adapter_names(self) -> ModelConfig:
+        names = [a.name for a in self.adapters]
+        if len(names) != len(set(names)):
+            raise ValueError(f"adapter names must be unique within a model, got {names}")
+        return self
 
     @model_validator(mode="after")
     def _token_limits_fit(self) -> ModelConfig:
@@ -151,7 +197,11 @@ class RouterSettings(Strict):
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one, for tests).")
     http_port: int | None = Field(
-        8080, ge=0, le=65535, description="OpenAI-compatible HTTP port (0 picks a free one; null disables it)."
+        8088,
+        ge=0,
+        le=65535,
+        description="OpenAI-compatible HTTP port (0 picks a free one; null disables it). Not 8000 (Ray Serve's "
+        "proxy) or 8080 (Ray's metrics export).",
     )
     num_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share the port via SO_REUSEPORT).")
     num_cpus: float = Field(0.25, ge=0, description="Ray CPU bookkeeping per router replica.")
@@ -194,6 +244,9 @@ class ServingConfig(Strict):
             raise ValueError(f"model names must be unique across services, got {names}")
         if not self.services:
             raise ValueError("at least one service must be configured")
+        with_adapters = [k.value for k, s in self.services.items() if s.model.adapters and k is not ServiceKind.TEXT]
+        if with_adapters:
+            raise ValueError(f"LoRA adapters are supported on the text service only, not on {', '.join(with_adapters)}")
         return self
 
     def service_for_model(self, model_name: str) -> ServiceKind | None:

@@ -145,8 +145,13 @@ def test_router_service_and_drain(profile):
     router = config["router"]
     assert router["host"] == "0.0.0.0"
     (svc,) = find(docs, "Service", "-router")
-    (port,) = svc["spec"]["ports"]
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    port = ports["grpc"]
     assert port["port"] == router["port"] and port["appProtocol"] == "kubernetes.io/h2c"
+    if router.get("http_port") is not None:  # the OpenAI-compatible surface on the same router
+        assert ports["openai-http"]["port"] == router["http_port"] and ports["openai-http"]["appProtocol"] == "http"
+    else:
+        assert set(ports) == {"grpc"}
     head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
     labels = head["template"]["metadata"]["labels"]
     selector = svc["spec"]["selector"]
