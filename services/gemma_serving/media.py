@@ -17,6 +17,9 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 AUDIO_FORMATS = ("WAV", "FLAC", "OGG", "MP3")
 #: Gemma 3n's audio encoder takes 16 kHz mono.
 AUDIO_SAMPLE_RATE = 16_000
+#: Clips shorter than ~40 ms crash vLLM's Gemma 3n audio path (the engine dies: found by the fuzz test), so short
+#: clips are padded with silence to a quarter second.
+MIN_AUDIO_SAMPLES = AUDIO_SAMPLE_RATE // 4
 
 
 @dataclass(frozen=True)
@@ -124,4 +127,6 @@ def decode_audio(data: bytes) -> tuple[object, int]:
     mono = samples.mean(axis=1)
     if rate != AUDIO_SAMPLE_RATE:
         mono = soxr.resample(mono, rate, AUDIO_SAMPLE_RATE)
+    if len(mono) < MIN_AUDIO_SAMPLES:
+        mono = np.pad(mono, (0, MIN_AUDIO_SAMPLES - len(mono)))
     return np.ascontiguousarray(mono, dtype=np.float32), AUDIO_SAMPLE_RATE

@@ -51,3 +51,9 @@ def test_audio_is_resampled_to_16k_mono():
 def test_truncated_audio_is_rejected():
     with pytest.raises(InvalidRequest, match="not decodable audio"):
         inspect_audio(sample_wav()[:30], RequestLimits())
+
+
+def test_very_short_clips_are_padded_to_a_quarter_second():
+    # A 30 ms clip killed vLLM's Gemma 3n engine (found by the fuzz test): the server pads it with silence.
+    samples, rate = decode_audio(sample_wav(seconds=0.03, rate=8000))
+    assert rate == 16000 and len(samples) == 4000 and not samples[1000:].any()
