@@ -90,3 +90,16 @@ async def test_errors_use_openai_bodies_and_statuses(client, kwargs, status, tex
         await c.chat.completions.create(**kwargs)
     assert info.value.status_code == status
     assert text in info.value.body["message"] and info.value.body["type"]
+
+
+async def test_a_taken_http_port_fails_clearly_instead_of_hanging(client, config):
+    import socket
+
+    from gemma_serving.router.openai_http import OpenAISurface
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"router.http_port: cannot listen on 127.0.0.1:{port}"):
+            await start_http_server(OpenAISurface(config, None).app(), "127.0.0.1", port)

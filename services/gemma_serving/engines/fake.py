@@ -31,14 +31,14 @@ class FakeEngine:
         prompt_tokens = sum(len(getattr(p, "text", "x").split()) for m in request.messages for p in m.parts)
         self.seen.append(request)
         self.in_flight.add(request_id)
-        tokens = list(self.script) if self.script is not None else [f" word{i}" for i in range(10**6)]
-        n = min(request.sampling.max_tokens, len(tokens))
+        budget = request.sampling.max_tokens
+        n = budget if self.script is None else min(budget, len(self.script))
+        reason = FinishReason.LENGTH if n == budget else FinishReason.STOP
         try:
             for i in range(n):
                 await asyncio.sleep(self.step_delay_s)
-                last = i + 1 == n
-                reason = FinishReason.LENGTH if n == request.sampling.max_tokens else FinishReason.STOP
-                yield Chunk(tokens[i], prompt_tokens, i + 1, reason if last else None)
+                token = self.script[i] if self.script is not None else f" word{i}"
+                yield Chunk(token, prompt_tokens, i + 1, reason if i + 1 == n else None)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise

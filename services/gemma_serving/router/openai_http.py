@@ -217,11 +217,21 @@ async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: st
 
 async def start_http_server(app: Starlette, host: str, port: int):
     """Run uvicorn on the current event loop; returns (server, bound port)."""
+    import socket
+
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
-                                           access_log=False))
-    task = asyncio.create_task(server.serve())
+    # Bind here, not in uvicorn: uvicorn exits the process (SystemExit) on a bind error, which would hang a replica.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # router replicas share the port, as for gRPC
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeError(f"router.http_port: cannot listen on {host}:{port}: {exc.strerror}") from None
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()  # raises the bind error
