@@ -10,8 +10,9 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -28,7 +29,7 @@ from gemma_serving.engines.types import (
     ImagePart,
     Message,
 )
-from gemma_serving.errors import InvalidRequest
+from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.media import decode_audio, decode_image
 from gemma_serving.telemetry import attributes as attr
 from gemma_serving.telemetry.engine_span import traced_engine_stream
@@ -95,6 +96,13 @@ class ModalityDeployment:
         path = await asyncio.to_thread(checkpoint_resolver, self.config.model.source)
         self.engine = engine_factory(self.kind, self.config.model, path)
         await self.engine.start()
+        # LoRA adapters: loaded on first use through Serve model multiplexing (an LRU of max_cpu_loras per replica;
+        # the router sends the adapter as the multiplexed model id, so requests prefer replicas that have it).
+        self._resolve_adapter = checkpoint_resolver
+        self._adapter_sources = {a.name: a.source for a in self.config.model.adapters}
+        self.loaded_adapters: set[str] = set()
+        self.adapter_loads: dict[str, int] = {}
+        self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
 
     async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
         """Stream chunks for a validated request (called through a streaming deployment handle)."""
@@ -108,6 +116,8 @@ class ModalityDeployment:
         if queue_seconds is not None:
             span.set_attribute(attr.QUEUE_TIME_S, queue_seconds)
         try:
+            if request.adapter:
+                await self._load_adapter(request.adapter)
             if _has_media(request):
                 request = await asyncio.to_thread(decode_media, request, self.accepts)
             request = dataclasses.replace(request, trace_context=inject(trace.set_span_in_context(span)))
@@ -131,7 +141,43 @@ class ModalityDeployment:
             "model": self.config.model.name,
             "engine_start_seconds": getattr(self.engine, "start_seconds", None),
             "in_flight": len(getattr(self.engine, "in_flight", ())),
+            "adapters": {"loaded": sorted(getattr(self, "loaded_adapters", ())),
+                         "loads": dict(getattr(self, "adapter_loads", {})),
+                         "multiplexing": "local" if isinstance(getattr(self, "_load_adapter", None),
+                                                               LocalMultiplexer) else "serve"},
         }
+
+    async def _activate_adapter(self, name: str) -> LoadedAdapter:
+        """Multiplexing's load function: resolve adapter `name` and load it into the engine."""
+        source = self._adapter_sources.get(name)
+        if source is None:  # the router validates adapters; this guards direct handle calls
+            raise InvalidRequest(f"adapter '{name[:64]}' is not configured for model {self.config.model.name}",
+                                 field="adapter")
+        load = getattr(self.engine, "load_adapter", None)
+        if load is None:
+            raise InvalidRequest(f"the {self.kind.value} engine does not serve adapters", field="adapter")
+        path = await asyncio.to_thread(self._resolve_adapter, source)
+        if not (Path(path) / "adapter_config.json").is_file():
+            log.error("adapter %s of %s: no adapter_config.json in %s (source %s)", name, self.config.model.name,
+                      path, source)
+            raise GemmaServingError(f"adapter '{name}' of model {self.config.model.name} is missing on the server")
+        began = time.monotonic()
+        await load(name, Path(path))
+        log.info("adapter %s of %s loaded in %.2f s", name, self.config.model.name, time.monotonic() - began)
+        self.loaded_adapters.add(name)
+        self.adapter_loads[name] = self.adapter_loads.get(name, 0) + 1
+
+        async def unload() -> None:
+            self.loaded_adapters.discard(name)
+            unload_adapter = getattr(self.engine, "unload_adapter", None)
+            try:
+                if unload_adapter is not None:
+                    await unload_adapter(name)
+                log.info("adapter %s of %s unloaded (least recently used)", name, self.config.model.name)
+            except Exception:
+                log.warning("adapter %s of %s failed to unload", name, self.config.model.name, exc_info=True)
+
+        return LoadedAdapter(name, unload)
 
     async def check_health(self) -> None:
         """Called periodically by Ray Serve; raising marks the replica unhealthy and gets it replaced."""
@@ -144,6 +190,57 @@ class ModalityDeployment:
         shutdown = getattr(getattr(self, "_tracer_provider", None), "shutdown", None)
         if shutdown is not None:  # flush spans still in the batch
             shutdown()
+
+
+class LoadedAdapter:
+    """The multiplexed "model" for one adapter on a replica. The LRU awaits its `__del__` when evicting it; that is
+    an instance attribute, so the garbage collector (which looks `__del__` up on the type) never calls it."""
+
+    def __init__(self, name: str, unload: Callable[[], Awaitable[None]]) -> None:
+        self.name = name
+        self.__del__ = unload
+
+
+class LocalMultiplexer:
+    """`serve.multiplexed`'s contract outside a Serve replica (unit tests, in-process use): load on a miss, keep at
+    most `capacity` models, evict the least recently used one (awaiting its `__del__`) first."""
+
+    def __init__(self, load: Callable[[str], Awaitable[Any]], capacity: int) -> None:
+        self._load = load
+        self._capacity = capacity
+        self.models: OrderedDict[str, Any] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, model_id: str) -> Any:
+        if model_id in self.models:
+            self.models.move_to_end(model_id)
+            return self.models[model_id]
+        async with self._lock:
+            if model_id in self.models:
+                return self.models[model_id]
+            if len(self.models) >= self._capacity:
+                _, evicted = self.models.popitem(last=False)
+                await evicted.__del__()
+            self.models[model_id] = await self._load(model_id)
+            return self.models[model_id]
+
+
+def adapter_multiplexer(load: Callable[[str], Awaitable[Any]], capacity: int) -> Callable[[str], Awaitable[Any]]:
+    """`load` behind an LRU of `capacity` adapters: Ray Serve model multiplexing inside a replica (the replica then
+    reports its loaded adapters to Serve's router, which sends requests with `multiplexed_model_id` to replicas
+    that have the adapter), a local LRU elsewhere."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+    except RayServeException:  # not inside a Serve replica
+        return LocalMultiplexer(load, capacity)
+
+    async def load_adapter(adapter: str) -> Any:  # a plain function: serve.multiplexed keeps its state on it
+        return await load(adapter)
+
+    return serve.multiplexed(max_num_models_per_replica=capacity)(load_adapter)
 
 
 def _has_media(request: GenerationRequest) -> bool:

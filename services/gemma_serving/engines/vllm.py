@@ -13,15 +13,19 @@ from gemma_serving.config import ModelConfig
 from gemma_serving.engines.prompts import chat_messages
 from gemma_serving.engines.tool_calls import forced_call_schema
 from gemma_serving.engines.types import Chunk, DecodedAudio, DecodedImage, FinishReason, GenerationRequest
-from gemma_serving.errors import EngineDead, InvalidRequest
+from gemma_serving.errors import EngineDead, GemmaServingError, InvalidRequest
 
 log = logging.getLogger(__name__)
 
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
 
 
-def engine_args(model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...]) -> dict[str, Any]:
-    """AsyncEngineArgs fields for `model`: typed settings first, then the escape hatch on top."""
+def engine_args(
+    model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...], cpu: bool = False
+) -> dict[str, Any]:
+    """AsyncEngineArgs fields for `model`: typed settings first, then the escape hatch on top.
+
+    `cpu`: the engine runs on vLLM's CPU platform (see `lora_args`)."""
     settings = model.engine
     args: dict[str, Any] = {
         "model": str(model_path),
@@ -42,8 +46,29 @@ def engine_args(model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...
     limits = {kind: 4 if kind == "image" else 2 for kind in accepts if kind != "text"}
     if limits:
         args["limit_mm_per_prompt"] = limits
+    if model.adapters:
+        args.update(lora_args(model, cpu=cpu))
     args.update(settings.extra_args)
     return args
+
+
+def lora_args(model: ModelConfig, *, cpu: bool) -> dict[str, Any]:
+    """AsyncEngineArgs fields that enable LoRA adapters for a model that has some."""
+    settings = model.engine
+    max_loras = settings.max_loras
+    if cpu:
+        # vLLM's CPU LoRA ops (vllm/lora/ops/torch_ops/lora_ops.py) gather adapter weights with the no-adapter index
+        # -1, which selects the LAST adapter slot: once every slot holds an adapter, base-model requests batched with
+        # adapter requests silently get that adapter applied (vllm-project/vllm PR #48421, open). Slots fill from the
+        # first free one and a model has len(adapters) adapter ids, so one slot more than adapters keeps the last
+        # slot empty (zeros) for good. GPU kernels skip index -1 and need no headroom.
+        max_loras = max(max_loras, len(model.adapters) + 1)
+    return {
+        "enable_lora": True,
+        "max_loras": max_loras,
+        "max_cpu_loras": max(settings.max_cpu_loras, max_loras),
+        "max_lora_rank": settings.max_lora_rank,
+    }
 
 
 def structured_outputs(request: GenerationRequest) -> Any:
@@ -77,6 +102,10 @@ class VllmEngine:
         self.start_seconds: float | None = None
         #: Requests between generate() start and their engine-side end (finished or aborted).
         self.in_flight: set[str] = set()
+        #: LoRARequest of every adapter loaded once (ids are stable: position in model.adapters, from 1).
+        self._lora_requests: dict[str, Any] = {}
+        #: Adapters currently loaded into the engine (add_lora'd and not removed since).
+        self.loaded_adapters: set[str] = set()
 
     async def start(self) -> None:
         # vLLM on CPU fails to start without an explicit KV cache size (NUMA node 0 reports too little memory).
@@ -87,8 +116,9 @@ class VllmEngine:
 
         began = time.monotonic()
         from vllm.config import StructuredOutputsConfig
+        from vllm.platforms import current_platform
 
-        fields = engine_args(self._model, self._path, accepts=self._accepts)
+        fields = engine_args(self._model, self._path, accepts=self._accepts, cpu=current_platform.is_cpu())
         if isinstance(fields.get("structured_outputs_config"), dict):
             fields["structured_outputs_config"] = StructuredOutputsConfig(**fields["structured_outputs_config"])
         args = AsyncEngineArgs(**fields)
@@ -128,11 +158,19 @@ class VllmEngine:
 
         if self._llm is None:
             raise EngineDead(f"engine for {self._model.name} is not started")
+        lora = None
+        if request.adapter:
+            # Known once loaded. If the adapter was evicted since, vLLM loads it again from lora_path.
+            lora = self._lora_requests.get(request.adapter)
+            if lora is None:
+                raise InvalidRequest(f"adapter '{request.adapter[:64]}' is not loaded for model {self._model.name}",
+                                     field="adapter")
         completion_tokens = 0
         stream = self._llm.generate(
             self._prompt(request),
             self._sampling_params(request),
             request_id,
+            lora_request=lora,
             # The chat template already starts with <bos>; do not add a second one.
             tokenization_kwargs={"add_special_tokens": False},
         )
@@ -155,6 +193,35 @@ class VllmEngine:
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:
             await self._llm.abort(request_id)
+
+    async def load_adapter(self, name: str, path: Path) -> None:
+        """Load the configured LoRA adapter `name` from the PEFT directory `path` into the engine (host memory,
+        bounded by max_cpu_loras); requests naming it then run with it. Idempotent."""
+        from vllm.lora.request import LoRARequest
+
+        if self._llm is None:
+            raise EngineDead(f"engine for {self._model.name} is not started")
+        ids = {a.name: i for i, a in enumerate(self._model.adapters, start=1)}
+        if name not in ids:
+            raise InvalidRequest(f"adapter '{name[:64]}' is not configured for model {self._model.name}",
+                                 field="adapter")
+        lora = LoRARequest(lora_name=name, lora_int_id=ids[name], lora_path=str(path), base_model_name=self._model.name)
+        try:
+            await self._llm.add_lora(lora)
+        except Exception as exc:
+            log.error("adapter %s of %s failed to load from %s: %r", name, self._model.name, path, exc)
+            raise GemmaServingError(f"adapter '{name}' of model {self._model.name} failed to load: "
+                                    f"{type(exc).__name__}") from exc
+        self._lora_requests[name] = lora
+        self.loaded_adapters.add(name)
+
+    async def unload_adapter(self, name: str) -> None:
+        """Remove adapter `name` from the engine (frees its memory). Requests still running with it finish; a later
+        request for it loads it again."""
+        lora = self._lora_requests.get(name)
+        self.loaded_adapters.discard(name)
+        if lora is not None and self._llm is not None:
+            await self._llm.remove_lora(lora.lora_int_id)
 
     async def check_health(self) -> None:
         if self._llm is None:

@@ -17,6 +17,14 @@ from pathlib import Path
 
 TINY_SCHEME = "tiny://"
 MODEL_NAMES = ("text", "vision", "gemma3n")
+#: ``tiny-lora://text``: a tiny PEFT LoRA adapter for the tiny text model (built into ``<cache>/text-lora``).
+TINY_LORA_SCHEME = "tiny-lora://"
+ADAPTER_NAMES = ("text",)
+#: ``gs://<bucket>/<path>`` sources are read through the bucket's GCS FUSE mount (the Helm chart mounts
+#: ``modelStorage.gcsFuse.bucket`` at ``modelStorage.mountPath``, /models by default): ``<mount>/<path>``.
+GCS_SCHEME = "gs://"
+GCS_MOUNT_ENV = "GEMMA_SERVING_GCS_MOUNT"
+DEFAULT_GCS_MOUNT = "/models"
 MARKER_FILE = ".gemma-serving-build"
 # Bump when anything that changes the bytes of a built checkpoint changes.
 BUILD_REVISION = "tiny-gemma-1"
@@ -42,6 +50,8 @@ def _builder(name: str) -> Callable[..., Path]:
         from .vision import build_vision as fn
     elif name == "gemma3n":
         from .gemma3n import build_gemma3n as fn
+    elif name == "text-lora":
+        from .lora import build_text_lora as fn
     else:
         raise ValueError(f"unknown tiny model {name!r}; expected one of {MODEL_NAMES}")
     return fn
@@ -112,7 +122,16 @@ def build_models(
 def resolve_model_source(
     source: str, cache_dir: Path | None = None, progress: Callable[[str], None] = print
 ) -> Path:
-    """Map ``tiny://text|vision|gemma3n`` to a built checkpoint dir; other strings to a local path."""
+    """Map ``tiny://text|vision|gemma3n`` to a built checkpoint dir, ``tiny-lora://text`` to a built LoRA adapter
+    dir, ``gs://<bucket>/<path>`` to ``<GCS FUSE mount>/<path>``; other strings to a local path."""
     if source.startswith(TINY_SCHEME):
         return build_model(source[len(TINY_SCHEME):].strip("/"), cache_dir, progress)
+    if source.startswith(TINY_LORA_SCHEME):
+        name = source[len(TINY_LORA_SCHEME):].strip("/")
+        if name not in ADAPTER_NAMES:
+            raise ValueError(f"unknown tiny adapter {name!r}; expected one of {ADAPTER_NAMES}")
+        return build_model(f"{name}-lora", cache_dir, progress)
+    if source.startswith(GCS_SCHEME):
+        _bucket, _, path = source[len(GCS_SCHEME):].partition("/")
+        return Path(os.environ.get(GCS_MOUNT_ENV, DEFAULT_GCS_MOUNT)) / path.strip("/")
     return Path(source).expanduser()

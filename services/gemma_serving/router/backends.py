@@ -46,6 +46,8 @@ class ServeHandleBackend:
     def __init__(self, handles: dict[str, Any]) -> None:
         self._handles = {ServiceKind(k): h.options(stream=True) for k, h in handles.items()}
         self._unary = {ServiceKind(k): h for k, h in handles.items()}
+        #: Streaming handles that carry a LoRA adapter as Serve's multiplexed model id, by (service, adapter).
+        self._adapter_handles: dict[tuple[ServiceKind, str], Any] = {}
 
     async def probe(self, kind: ServiceKind) -> None:
         try:
@@ -57,6 +59,13 @@ class ServeHandleBackend:
         handle = self._handles.get(kind)
         if handle is None:
             raise UnsupportedModality(f"no {kind.value} service is deployed")
+        if request.adapter:
+            # Serve model multiplexing routes the request to a replica that has the adapter loaded when one exists
+            # (else to any replica, which loads it). Validation has bounded adapters to the configured names.
+            key = (kind, request.adapter)
+            if key not in self._adapter_handles:
+                self._adapter_handles[key] = handle.options(multiplexed_model_id=request.adapter)
+            handle = self._adapter_handles[key]
         response = handle.generate.remote(request, request_id)
         finished = False
         try:

@@ -17,9 +17,17 @@ def check_options(request: GenerationRequest, kind: ServiceKind, config: Serving
     _check_tools(request, config)
     _check_response_format(request, config)
     _check_audio_task(request, kind)
-    if request.adapter:
-        raise InvalidRequest(f"adapter '{request.adapter[:64]}' is not configured for model {request.model}; "
-                             "this model has no adapters", field="adapter")
+    _check_adapter(request, kind, config)
+
+
+def _check_adapter(request: GenerationRequest, kind: ServiceKind, config: ServingConfig) -> None:
+    if not request.adapter:
+        return
+    names = [a.name for a in config.services[kind].model.adapters]
+    if request.adapter not in names:
+        known = f"configured adapters: {', '.join(names)}" if names else "this model has no adapters"
+        raise InvalidRequest(f"adapter '{request.adapter[:64]}' is not configured for model {request.model}; {known}",
+                             field="adapter")
 
 
 def _check_schema(schema: dict, where: str, config: ServingConfig) -> None:
