@@ -73,3 +73,9 @@ def test_adapters_on_a_model_without_any_are_invalid_argument(stub):
         stub.Generate(req, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "this model has no adapters" in info.value.details()
+
+
+def test_list_models_names_the_adapters(stub):
+    models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models}
+    assert list(models["gemma-3-tiny"].adapters) == [ADAPTER]
+    assert list(models["gemma-3n-tiny"].adapters) == []

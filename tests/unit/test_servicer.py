@@ -38,6 +38,7 @@ async def test_list_models_reports_services_and_modalities(router):
     assert set(models) == {"text-model", "vision-model", "audio-model"}
     assert list(models["audio-model"].input_modalities) == [pb.MODALITY_TEXT, pb.MODALITY_IMAGE, pb.MODALITY_AUDIO]
     assert models["text-model"].max_output_tokens == 100
+    assert list(models["text-model"].adapters) == []
 
 
 @pytest.mark.parametrize(
