@@ -788,8 +788,8 @@ def wait_until_every_model_answers(port: int, timeout_s: float = 300) -> dict[st
         pending = list(MODELS)
         while pending and time.monotonic() < deadline:
             for model in list(pending):
-                request = pb.GenerateRequest(model=model, messages=[pb.Message(role="user", parts=[pb.Part(text="hi")])],
-                                             sampling=pb.SamplingParams(max_tokens=1))
+                hello = [pb.Message(role="user", parts=[pb.Part(text="hi")])]
+                request = pb.GenerateRequest(model=model, messages=hello, sampling=pb.SamplingParams(max_tokens=1))
                 try:
                     stub.Generate(request, timeout=max(1.0, min(20.0, deadline - time.monotonic())))
                     last[model] = "OK"
