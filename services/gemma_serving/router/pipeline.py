@@ -44,6 +44,7 @@ class _Progress:
     last: Chunk | None = None
     waiting: bool = False
     charged: int = 0
+    itl: object = None  # the labelled histogram, looked up once per request, not per chunk
 
 
 class InferencePipeline:
@@ -137,10 +138,10 @@ class InferencePipeline:
             m.ttft.labels(p.service, p.model, p.tenant).observe(at - p.received)
             if chunk.queue_seconds is not None:
                 m.queue.labels(p.service, p.model).observe(max(chunk.queue_seconds, 0.0))
-        elif p.last is not None and chunk.completion_tokens > p.last.completion_tokens:
+            p.itl = m.itl.labels(p.service, p.model)
+        elif chunk.completion_tokens > p.last.completion_tokens:
             # One observation per chunk, averaged over its tokens: no per-token Python work.
-            m.itl.labels(p.service, p.model).observe(
-                (at - p.previous_at) / (chunk.completion_tokens - p.last.completion_tokens))
+            p.itl.observe((at - p.previous_at) / (chunk.completion_tokens - p.last.completion_tokens))
         used = chunk.prompt_tokens + chunk.completion_tokens
         self.tenancy.quotas.charge(tenant, used - p.charged)  # tokens are charged as they stream
         p.charged, p.previous_at, p.last = used, at, chunk
@@ -192,16 +193,10 @@ async def with_tool_calls(stream: AsyncIterator[Chunk], tools: tuple[Tool, ...])
 
     A call is only known once the reply is complete, so tool requests do not stream token by token.
     """
-    texts, last = [], None
     try:
-        async for chunk in stream:
-            texts.append(chunk.text)
-            last = chunk
+        text, last = await collect(stream)
     finally:
         await stream.aclose()
-    if last is None:
-        return
-    text = "".join(texts)
     calls = parse_tool_calls(text, tools)
     if calls:
         yield dataclasses.replace(last, text="", tool_calls=calls, finish_reason=FinishReason.TOOL_CALLS)

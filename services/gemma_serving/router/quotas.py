@@ -43,7 +43,13 @@ class _Window:
             self.total -= self.events.popleft()[1]
 
     def add(self, now: float, amount: int) -> None:
-        self.events.append((now, amount))
+        # Tokens are charged per streamed chunk: charges within one second share an entry, so a window holds at most
+        # ~60 entries however many chunks stream.
+        if self.events and now - self.events[-1][0] < 1.0:
+            at, held = self.events[-1]
+            self.events[-1] = (at, held + amount)
+        else:
+            self.events.append((now, amount))
         self.total += amount
 
     def reset_in(self, now: float) -> float:
@@ -110,8 +116,8 @@ class FairShare:
         held = self._in_flight[service]
         total, capacity = sum(held.values()), self._capacity[service]
         if total >= capacity // 2:
-            active = len([t for t, n in held.items() if n > 0] + ([] if held.get(tenant) else [tenant]))
-            share = max(1, capacity // max(active, 1))
+            active = {t for t, n in held.items() if n > 0} | {tenant}
+            share = max(1, capacity // len(active))
             if held[tenant] >= share:
                 raise Overloaded(f"the {service} service is saturated; tenant {tenant} holds its fair share "
                                  f"({share} of {capacity} slots)", retry_after_s=1.0)
