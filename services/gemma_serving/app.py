@@ -67,7 +67,7 @@ def build_app(
         num_replicas=config.router.num_replicas,
         # The router is I/O bound: Serve's default of 5 ongoing requests would throttle every service behind it.
         max_ongoing_requests=config.router.max_concurrent_rpcs,
-        ray_actor_options={"num_cpus": config.router.num_cpus},
+        ray_actor_options={"num_cpus": config.router.num_cpus, "resources": dict(config.router.resources)},
         graceful_shutdown_timeout_s=config.router.grace_period_s + 5,
     )
     return router.bind(config.model_dump(mode="json"), handles)

@@ -162,6 +162,12 @@ class DeploymentSettings(Strict):
         None, description="GKE accelerator a replica must land on, e.g. nvidia-l4; None places anywhere."
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replica.")
+    max_wait_for_replica_s: float = Field(
+        300, gt=0, le=3600,
+        description="Longest a request waits for its first output, which covers a replica starting (scale from "
+        "zero, replacement after a crash) and queueing; then UNAVAILABLE with retry info. The request's deadline "
+        "applies too.",
+    )
 
 
 class ServiceConfig(Strict):
@@ -205,6 +211,11 @@ class RouterSettings(Strict):
     )
     num_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share the port via SO_REUSEPORT).")
     num_cpus: float = Field(0.25, ge=0, description="Ray CPU bookkeeping per router replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources a router replica needs, e.g. {gemma-router: 0.001} to keep routers on "
+        "the nodes that advertise it (the head pod, where the router Service points) and off GPU workers.",
+    )
     max_concurrent_rpcs: int = Field(1024, gt=0, description="RPCs one router replica serves at once.")
     grace_period_s: float = Field(10, ge=0, le=600, description="Drain time for in-flight RPCs at shutdown.")
     drain_notice_s: float = Field(

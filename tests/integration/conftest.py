@@ -1,10 +1,9 @@
-"""One session for every integration test: a local Ray cluster, the Serve app with real vLLM engines on the tiny
-local Gemma checkpoints, and the gRPC router on a free loopback port."""
+"""One platform for every integration test: the Serve app with real vLLM engines on the tiny local Gemma checkpoints
+and the gRPC router on a free loopback port, on the session's Ray cluster (tests/conftest.py). The app is deleted
+when the package is done, so the scaling tests that follow have the cluster to themselves."""
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 
 import grpc
@@ -12,21 +11,7 @@ import pytest
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import load_config
 
-#: Facts about the session's platform, printed in pytest's terminal summary (engine start times).
-PLATFORM_FACTS: dict[str, str] = {}
-
-
-def pytest_terminal_summary(terminalreporter):
-    if PLATFORM_FACTS:
-        terminalreporter.section("platform")
-        for key, value in PLATFORM_FACTS.items():
-            terminalreporter.write_line(f"{key}: {value}")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ray_cluster import SESSION_FACTS as PLATFORM_FACTS
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +23,7 @@ def otlp_receiver():
     receiver.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def platform_config(otlp_receiver):
     data = load_config().model_dump(mode="json")
     data["router"]["port"] = 0
@@ -53,11 +38,9 @@ def platform_config(otlp_receiver):
     return parse_config(data)
 
 
-@pytest.fixture(scope="session")
-def platform(platform_config):
-    """Start Ray + Serve + the app once; yields (router port, Serve app handle, engine facts)."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import ray
+@pytest.fixture(scope="package")
+def platform(ray_cluster, platform_config):
+    """Deploy the app once; yields (router port, Serve app handle, engine facts)."""
     from gemma_serving.app import build_app
     from gemma_serving.models import build_models
     from ray import serve
@@ -65,8 +48,6 @@ def platform(platform_config):
     began = time.monotonic()
     build_models(progress=lambda msg: print(f"[build-models] {msg}", flush=True))
     models_ready = time.monotonic() - began
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
     handle = serve.run(build_app(platform_config), name=platform_config.app_name, route_prefix=None)
     port = handle.port.remote().result()
     facts = {
@@ -76,20 +57,19 @@ def platform(platform_config):
     for kind, fact in facts.items():
         PLATFORM_FACTS[f"{kind} engine start ({fact['model']})"] = f"{fact['engine_start_seconds']:.1f} s"
     PLATFORM_FACTS["models built or found"] = f"{models_ready:.1f} s"
-    PLATFORM_FACTS["platform ready (Ray + Serve + 3 engines, started together)"] = f"{time.monotonic() - began:.1f} s"
+    PLATFORM_FACTS["platform ready (3 engines, started together)"] = f"{time.monotonic() - began:.1f} s"
     yield port, handle, facts
-    serve.shutdown()
-    ray.shutdown()
+    serve.delete(platform_config.app_name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stub(platform):
     port = platform[0]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield pb_grpc.InferenceStub(channel)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def describe(platform, platform_config):
     """Calls ModalityDeployment.describe() on one service."""
     from ray import serve

@@ -101,10 +101,15 @@ class RouterDeployment:
         telemetry = self._config.telemetry
         self._tracer_provider = build_tracer_provider(telemetry, component="router")
         metrics = RouterMetrics()
+        waits = {kind: s.deployment.max_wait_for_replica_s for kind, s in self._config.services.items()}
         self._metrics_port = metrics.serve(self._config.router.host, telemetry.metrics_port)
         self._router = await start_grpc_server(
             self._config,
-            ServeHandleBackend(handles),
+            ServeHandleBackend(
+                handles,
+                max_wait_for_replica_s=waits,
+                on_retry=lambda kind: metrics.retries.labels(kind.value).inc(),
+            ),
             tracer=self._tracer_provider.get_tracer(__name__),
             metrics=metrics,
         )

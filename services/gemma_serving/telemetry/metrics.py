@@ -23,6 +23,7 @@ METRIC_NAMES = {
     "gemma_serving_requests_in_flight": "Requests admitted and not yet finished, per service.",
     "gemma_serving_requests_waiting": "Admitted requests without a first token yet (queued or in prefill).",
     "gemma_serving_replicas": "Running replicas per service, as reported by Ray Serve.",
+    "gemma_serving_retries_total": "Requests sent again because their replica was lost before any output.",
 }
 
 
@@ -55,6 +56,7 @@ class RouterMetrics:
         self.waiting = Gauge("gemma_serving_requests_waiting", h["gemma_serving_requests_waiting"], ("service",),
                              registry=r)
         self.replicas = Gauge("gemma_serving_replicas", h["gemma_serving_replicas"], ("service",), registry=r)
+        self.retries = Counter("gemma_serving_retries", h["gemma_serving_retries_total"], ("service",), registry=r)
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics on host:port (0 picks a free port); returns the bound port."""
