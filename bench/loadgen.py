@@ -110,12 +110,18 @@ class GrpcTarget:
         if self._channel is not None:
             await self._channel.close()
 
+    def parts(self, prompt: str) -> list:
+        """The user message's parts (override to send images or audio with the prompt)."""
+        from gemma_serving.api import inference_pb2 as pb
+
+        return [pb.Part(text=prompt)]
+
     async def stream(self, prompt: str, sampling: SamplingSpec) -> AsyncIterator[tuple[str, int | None]]:
         from gemma_serving.api import inference_pb2 as pb
 
         request = pb.GenerateRequest(
             model=self.model,
-            messages=[pb.Message(role="user", parts=[pb.Part(text=prompt)])],
+            messages=[pb.Message(role="user", parts=self.parts(prompt))],
             sampling=pb.SamplingParams(
                 max_tokens=sampling.max_tokens, temperature=sampling.temperature, seed=sampling.seed
             ),

@@ -8,7 +8,7 @@ import pytest
 
 
 def pytest_terminal_summary(terminalreporter):
-    from tests.ray_cluster import SESSION_FACTS
+    from tests.session_facts import SESSION_FACTS
 
     if SESSION_FACTS:
         terminalreporter.section("platform")
@@ -25,14 +25,12 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """Ray (head + three accelerator-labelled workers) and Serve, started once for the session."""
-    import ray
     from ray import serve
 
-    from tests.ray_cluster import start_cluster
+    from gemma_serving.local_cluster import start_local_cluster
 
-    cluster = start_cluster()
+    cluster = start_local_cluster()
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")
     yield cluster
     serve.shutdown()
-    ray.shutdown()
-    cluster.cluster.shutdown()
+    cluster.shutdown()

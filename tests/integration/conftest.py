@@ -11,7 +11,7 @@ import pytest
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import load_config
 
-from tests.ray_cluster import SESSION_FACTS as PLATFORM_FACTS
+from tests.session_facts import SESSION_FACTS as PLATFORM_FACTS
 
 
 @pytest.fixture(scope="session")

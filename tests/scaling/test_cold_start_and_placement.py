@@ -11,7 +11,7 @@ from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import audio_part, message
 from gemma_serving.client.samples import sample_wav
 
-from tests.ray_cluster import SESSION_FACTS
+from tests.session_facts import SESSION_FACTS
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.ray_cluster import SESSION_FACTS
+from tests.session_facts import SESSION_FACTS
 from tests.scaling.conftest import wait_for
 from tests.scaling.load import TextLoad, text_request
 
