@@ -81,7 +81,6 @@ class Run:
         self.phases: list[dict[str, Any]] = []
         self.records: list[tuple[str, str, Any]] = []
         self.timeline: list[dict[str, Any]] = []
-        self.events: dict[str, float] = {}
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -102,18 +101,42 @@ class Run:
     def running(self, kind: str) -> int:
         return self.timeline[-1][kind].get("RUNNING", 0) if self.timeline else 0
 
-    async def until(self, what: str, predicate, timeout_s: float) -> float | None:
-        """Seconds until `predicate()` holds on the latest sample (None on timeout)."""
+    async def until(self, what: str, predicate, timeout_s: float) -> None:
+        """Wait until `predicate()` holds on the latest sample (or the timeout passes)."""
         began = self.now()
         while not predicate():
             if self.now() - began > timeout_s:
                 progress(f"timed out waiting for {what}")
-                return None
+                return
             await asyncio.sleep(0.5)
-        took = self.now() - began
-        progress(f"{what}: {took:.1f} s")
-        self.events[what] = round(took, 2)
-        return took
+        progress(f"{what} after {self.now() - began:.1f} s")
+
+
+def first_time(timeline: list[dict[str, Any]], after_s: float, kind: str, test) -> float | None:
+    """The first sample time at or after `after_s` where `test(states of kind)` holds."""
+    return next((s["t_s"] for s in timeline if s["t_s"] >= after_s and test(s[kind])), None)
+
+
+def derive_events(phases: list[dict[str, Any]], timeline: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Seconds from each load change to the autoscaler's reaction (a replica in any state: the decision) and to
+    the replica serving (RUNNING: Serve routes to it), read from the sampled timeline."""
+    start = {p["name"]: p["start_s"] for p in phases}
+    running = lambda n: lambda st: st.get("RUNNING", 0) == n  # noqa: E731
+    exists = lambda n: lambda st: sum(st.values()) >= n  # noqa: E731
+    spans = {
+        "text spike -> 2nd text replica decided": ("text spike", "text", exists(2)),
+        "text spike -> 2nd text replica RUNNING": ("text spike", "text", running(2)),
+        "audio spike -> 1st audio replica decided (from zero)": ("audio spike", "audio", exists(1)),
+        "audio spike -> 1st audio replica RUNNING (from zero)": ("audio spike", "audio", running(1)),
+        "text load drop -> back to 1 RUNNING text replica": ("audio spike", "text", running(1)),
+        "audio idle -> 0 RUNNING audio replicas": ("cool down", "audio", running(0)),
+    }
+    events = {}
+    for name, (phase, kind, test) in spans.items():
+        if phase in start:
+            t = first_time(timeline, start[phase], kind, test)
+            events[name] = round(t - start[phase], 1) if t is not None else None
+    return events
 
 
 async def drive(args, run: Run, target: str) -> None:
@@ -139,8 +162,9 @@ async def drive(args, run: Run, target: str) -> None:
     run.enter("cool down")
     text.set(0)
     audio.set(0)
-    await run.until("cool down -> text back to 1 replica", lambda: run.running("text") == 1, args.timeout_s)
-    await run.until("cool down -> audio back to 0 replicas", lambda: run.running("audio") == 0, args.timeout_s)
+    await run.until("text back to 1 replica", lambda: run.running("text") == 1, args.timeout_s)
+    await run.until("audio back to 0 replicas", lambda: run.running("audio") == 0, args.timeout_s)
+    await asyncio.sleep(2)
     run.phases[-1]["end_s"] = round(run.now(), 2)
     for load in (text, audio):
         for w in load.workers:
@@ -149,13 +173,23 @@ async def drive(args, run: Run, target: str) -> None:
     sampler.cancel()
 
 
-def latency_table(run: Run) -> dict[str, dict[str, Any]]:
+def latency_table(run: Run, events: dict[str, float | None]) -> dict[str, dict[str, Any]]:
+    """Per service and phase; the text spike also split at the second replica's arrival (sent before / after)."""
     out: dict[str, dict[str, Any]] = {}
     for kind in KINDS:
         for phase in [p["name"] for p in run.phases]:
             recs = [r for s, p, r in run.records if s == kind and p == phase]
             if recs:
                 out.setdefault(kind, {})[phase] = summarize(recs)
+    spike = next((p for p in run.phases if p["name"] == "text spike"), None)
+    arrived = events.get("text spike -> 2nd text replica RUNNING")
+    if spike and arrived is not None:
+        cut = spike["start_s"] + arrived
+        recs = [r for s, p, r in run.records if s == "text" and p == "text spike"]
+        before, after = [r for r in recs if r.sent < cut], [r for r in recs if r.sent >= cut]
+        for label, part in (("1 replica", before), ("2 replicas", after)):
+            if part:
+                out["text"][f"text spike, {label}"] = summarize(part)
     return out
 
 
@@ -165,7 +199,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 7), sharex=True)
     colors = {"text": "tab:blue", "audio": "tab:orange"}
     for ax in (top, bottom):
         for i, p in enumerate(result["phases"]):
@@ -183,12 +217,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
         top.text(p["start_s"] + 1, 2.25, p["name"], fontsize=8)
     top.set_ylabel("replicas")
     top.set_ylim(-0.1, 2.6)
-    top.legend(loc="upper right", fontsize=7)
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
     top.set_title("Replicas per service under a load ramp (head + 2x L4 + 1x H100 logical workers, tiny models, CPU)")
     bottom.set_yscale("log")
     bottom.set_ylabel("end-to-end latency (s)")
     bottom.set_xlabel("time since start (s)")
-    bottom.legend(loc="upper right", fontsize=7)
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -206,7 +240,11 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     if args.replot:
-        plot(json.loads(out.read_text()), out.with_suffix(".png"))
+        result = json.loads(out.read_text())
+        result["events_s"] = derive_events(result["phases"], result["timeline"])
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        plot(result, out.with_suffix(".png"))
+        print(json.dumps(result["events_s"], indent=1))
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from gemma_serving.app import build_app
@@ -228,14 +266,15 @@ def main() -> None:
     finally:
         serve.shutdown()
         local.shutdown()
+    events = derive_events(run.phases, run.timeline)
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "autoscaling": {k: s.deployment.autoscaling.model_dump() for k, s in config.services.items()},
         "load": {"base_concurrency": args.base_concurrency, "spike_concurrency": args.spike_concurrency,
                  "audio_concurrency": args.audio_concurrency, "max_tokens": args.max_tokens},
         "phases": run.phases,
-        "events_s": run.events,
-        "latency": latency_table(run),
+        "events_s": events,
+        "latency": latency_table(run, events),
         "timeline": run.timeline,
         "requests": [{"service": s, "phase": ph, "sent_s": round(r.sent, 3), "ok": r.error is None,
                       "e2e_s": round(r.e2e, 4) if r.e2e else None, "ttft_s": round(r.ttft, 4) if r.ttft else None,
@@ -248,7 +287,8 @@ def main() -> None:
         for phase, s in phases.items():
             progress(f"{kind:5s} {phase:12s} n={s['requests']:4d} ok={s['ok']:4d} e2e p50={s['e2e_ms']['p50']} "
                      f"p99={s['e2e_ms']['p99']} ms ttft p50={s['ttft_ms']['p50']} ms errors={s['errors']}")
-    progress(f"events: {run.events}")
+    for name, seconds in result["events_s"].items():
+        progress(f"{name}: {seconds} s")
     progress(f"wrote {out} and {out.with_suffix('.png')}")
 
 

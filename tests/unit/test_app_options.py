@@ -38,3 +38,23 @@ def test_accelerator_becomes_a_resource_request_and_env_reaches_the_replica():
 
 def test_no_accelerator_means_no_resource_constraint():
     assert "resources" not in deployment_options(ServiceKind.TEXT, service())["ray_actor_options"]
+
+
+def test_router_resources_pin_router_replicas():
+    from gemma_serving.app import build_app
+    from gemma_serving.config import load_config, parse_config
+
+    data = load_config().model_dump(mode="json")
+    data["router"]["resources"] = {"gemma-router": 0.001}
+    router = build_app(parse_config(data))._bound_deployment  # the app's ingress deployment
+    assert router.name == "router"
+    assert router.ray_actor_options["resources"] == {"gemma-router": 0.001}
+
+
+def test_max_wait_for_replica_is_validated():
+    import pytest
+    from pydantic import ValidationError
+
+    assert service().deployment.max_wait_for_replica_s == 300
+    with pytest.raises(ValidationError, match="max_wait_for_replica_s"):
+        service(max_wait_for_replica_s=0)
