@@ -40,6 +40,7 @@ async def test_audio_scales_from_zero_and_the_wait_is_bounded_by_the_deadline(st
     """A request to a service at zero replicas waits for a cold start instead of failing; one whose deadline is too
     short for the cold start gets DEADLINE_EXCEEDED on time, and the router does not lose track of it."""
     assert view.running("audio") == 0
+    assert await audio_status(stub) == pb.MODEL_STATUS_SCALED_TO_ZERO
     impatient, *patient = await asyncio.gather(
         timed(stub.Generate(audio_request(), timeout=3)),
         *(timed(stub.Generate(audio_request(), timeout=300)) for _ in range(2)),
@@ -56,3 +57,13 @@ async def test_audio_scales_from_zero_and_the_wait_is_bounded_by_the_deadline(st
     assert view.nodes_of("audio") == {"h100-a"}
     assert view.metric("gemma_serving_requests_total", service="audio") == 3  # every request accounted for
     assert view.metric("gemma_serving_requests_in_flight", service="audio") == 0
+    for _ in range(40):  # the router reads Serve's replica counts every 5 s
+        if await audio_status(stub) == pb.MODEL_STATUS_READY:
+            break
+        await asyncio.sleep(0.5)
+    assert await audio_status(stub) == pb.MODEL_STATUS_READY
+
+
+async def audio_status(stub) -> int:
+    models = (await stub.ListModels(pb.ListModelsRequest(), timeout=10)).models
+    return next(m.status for m in models if m.name == "gemma-3n-tiny")

@@ -79,3 +79,30 @@ async def test_drain_finishes_in_flight_streams_and_refuses_new_calls(router):
     assert rest[-1].finish_reason == pb.FINISH_REASON_LENGTH
     assert first.text + "".join(c.text for c in rest) == "".join(f" word{i}" for i in range(60))
     await drain
+
+
+async def test_a_scale_to_zero_service_follows_its_replica_count():
+    from gemma_serving.config import parse_config
+    from gemma_serving.router.health import ServiceHealth, ServiceState
+    from grpc_health.v1 import health
+
+    from tests.unit.conftest import CONFIG
+
+    data = {**CONFIG, "services": {**CONFIG["services"]}}
+    data["services"]["audio"] = {**CONFIG["services"]["audio"],
+                                 "deployment": {"autoscaling": {"min_replicas": 0, "max_replicas": 1}}}
+    probed = []
+
+    async def probe(kind):
+        probed.append(kind)
+
+    service_health = ServiceHealth(parse_config(data), probe, health.aio.HealthServicer())
+    await service_health.refresh()
+    assert ServiceKind.AUDIO not in probed  # a probe would wake it
+    assert service_health.states[ServiceKind.AUDIO] is ServiceState.SCALED_TO_ZERO
+    await service_health.observe_replicas(ServiceKind.AUDIO, 1)
+    assert service_health.states[ServiceKind.AUDIO] is ServiceState.READY
+    await service_health.observe_replicas(ServiceKind.TEXT, 0)  # probed services keep their probe's verdict
+    assert service_health.states[ServiceKind.TEXT] is ServiceState.READY
+    await service_health.observe_replicas(ServiceKind.AUDIO, 0)
+    assert service_health.states[ServiceKind.AUDIO] is ServiceState.SCALED_TO_ZERO

@@ -4,7 +4,8 @@ Health service names: "" (the whole server), "gemma.serving.v1.Inference", and o
 "vision", "audio". The server is SERVING while it is not draining and every service that keeps replicas
 (min_replicas > 0) is ready; a service whose engine fails its check turns NOT_SERVING on its own name.
 Services that scale to zero are not probed (a probe would wake them); they report SERVING, and their first request
-waits for a cold start.
+waits for a cold start. Their state follows Serve's replica count instead: READY while a replica runs, else
+SCALED_TO_ZERO.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ class ServiceHealth:
         results = await asyncio.gather(*(self._check(k) for k in self._probed))
         self.states.update(zip(self._probed, results))
         await self.publish()
+
+    async def observe_replicas(self, kind: ServiceKind, running: int) -> None:
+        """Running replicas of a service, from Serve: sets the state of services that scale to zero."""
+        if kind not in self._probed and kind in self.states:
+            state = ServiceState.READY if running > 0 else ServiceState.SCALED_TO_ZERO
+            if state is not self.states[kind]:
+                self.states[kind] = state
+                await self.publish()
 
     async def publish(self) -> None:
         for kind, state in self.states.items():

@@ -113,7 +113,7 @@ class RouterDeployment:
             tracer=self._tracer_provider.get_tracer(__name__),
             metrics=metrics,
         )
-        self._replica_counts = asyncio.create_task(_track_replicas(self._config, metrics))
+        self._replica_counts = asyncio.create_task(_track_replicas(self._config, metrics, self._router.health))
         self._http, self._http_port = None, None
         if self._config.router.http_port is not None:
             app = OpenAISurface(self._config, self._router.pipeline).app()
@@ -150,8 +150,10 @@ class RouterDeployment:
                 shutdown()
 
 
-async def _track_replicas(config: ServingConfig, metrics: RouterMetrics, interval_s: float = 10.0) -> None:
-    """Publish running replicas per service (from Ray Serve's status) as gemma_serving_replicas."""
+async def _track_replicas(config: ServingConfig, metrics: RouterMetrics, service_health: ServiceHealth,
+                          interval_s: float = 5.0) -> None:
+    """Publish running replicas per service (from Ray Serve's status) as gemma_serving_replicas, and tell the
+    health of services that scale to zero whether they have a replica."""
     from ray import serve
 
     while True:
@@ -161,6 +163,7 @@ async def _track_replicas(config: ServingConfig, metrics: RouterMetrics, interva
                 deployment = app.deployments.get(kind.value) if app else None
                 running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
                 metrics.replicas.labels(kind.value).set(running)
+                await service_health.observe_replicas(kind, running)
         except Exception as exc:  # metrics must never take the router down
             log.warning("could not read replica counts: %s", type(exc).__name__)
         await asyncio.sleep(interval_s)
