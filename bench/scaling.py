@@ -229,7 +229,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--base-concurrency", type=int, default=2)
+    p.add_argument("--base-concurrency", type=int, default=1, help="below the target of 2 per replica")
     p.add_argument("--spike-concurrency", type=int, default=16)
     p.add_argument("--audio-concurrency", type=int, default=4)
     p.add_argument("--hold-s", type=float, default=25, help="time each phase keeps its load after the scale event")
