@@ -161,11 +161,10 @@ def test_router_service_and_drain(profile):
     assert {"name": "grpc", "containerPort": router["port"]} in container["ports"]
     # The router replicas are pinned to the head: it advertises the resource the serve config asks for.
     serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
-    (override,) = serve["applications"][0]["deployments"]
-    assert override["name"] == "router"
-    assert set(override["ray_actor_options"]["resources"]) <= set(
-        json.loads(json.loads(head["rayStartParams"]["resources"]))
-    )
+    (app,) = serve["applications"]
+    assert "deployments" not in app  # placement comes from our config, not from Serve overrides
+    pinned = app["args"]["config"]["router"]["resources"]
+    assert pinned and set(pinned) <= set(json.loads(json.loads(head["rayStartParams"]["resources"])))
     # Drain: preStop covers drain_notice_s + grace_period_s, and the pod's grace period covers preStop.
     drain = router["drain_notice_s"] + router["grace_period_s"]
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"][-1]

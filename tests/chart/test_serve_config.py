@@ -28,16 +28,20 @@ def test_serve_config_is_a_valid_ray_serve_config(profile):
 
     schema = ServeDeploySchema.parse_obj(_serve_config(profile))
     (app,) = schema.applications
-    assert [d.name for d in app.deployments] == ["router"]
+    assert app.deployments == []  # every deployment option comes from our config through the app builder
 
 
-def test_values_config_passes_through_unchanged():
-    """What the chart's values hold under `config` is exactly what the app builder receives."""
+def test_values_config_passes_through_with_the_router_pinned_to_the_head():
+    """What the chart's values hold under `config` is what the app builder receives, plus the router's placement
+    resource (kept beside any resources the values give the router)."""
     override = {"config": {"limits": {"max_image_bytes": 20971520, "max_audio_seconds": 12.5}}}
     app = _serve_config(**override)["applications"][0]
     config = parse_config(app["args"]["config"])
     assert config.limits.max_image_bytes == 20971520  # large ints survive Helm's float64 numbers
     assert config.limits.max_audio_seconds == 12.5
+    assert config.router.resources == {"gemma-router": 0.001}
+    app = _serve_config(config={"router": {"resources": {"edge": 1}}})["applications"][0]
+    assert parse_config(app["args"]["config"]).router.resources == {"edge": 1, "gemma-router": 0.001}
 
 
 def test_null_drops_a_service():

@@ -196,14 +196,15 @@ imagePullSecrets:
 {{- $any -}}
 {{- end -}}
 
-{{/* The Serve config: our config under args.config of the app builder, plus one placement override that pins the
-router replicas to the head pod (which advertises the gemma-router resource), where the router Service points. */}}
+{{/* The Serve config: our config under args.config of the app builder, with the router pinned to the head pod
+(config router.resources asks for the gemma-router resource the head advertises), where the router Service points. */}}
 {{- define "gemma-serving.serveConfig" -}}
-{{- $router := .Values.config.router -}}
-{{- $routerActor := dict "num_cpus" $router.num_cpus "resources" (dict "gemma-router" 0.001) -}}
+{{- $config := deepCopy .Values.config -}}
+{{- $router := $config.router | default dict -}}
+{{- $_ := set $router "resources" (merge (deepCopy ($router.resources | default dict)) (dict "gemma-router" 0.001)) -}}
+{{- $_ = set $config "router" $router -}}
 {{- $app := dict "name" .Values.config.app_name "import_path" "gemma_serving.app:app_builder" -}}
-{{- $_ := set $app "args" (dict "config" .Values.config) -}}
-{{- $_ = set $app "deployments" (list (dict "name" "router" "ray_actor_options" $routerActor)) -}}
+{{- $_ = set $app "args" (dict "config" $config) -}}
 {{- toYaml (dict "applications" (list $app)) -}}
 {{- end -}}
 
