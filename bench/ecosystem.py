@@ -311,6 +311,7 @@ def main() -> None:
         "benchmark": "ecosystem",
         "started_unix": round(time.time()),
         "machine": {"cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "python": sys.version.split()[0],
+                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "vllm": _version("vllm"), "ray": _version("ray"), "torch": _version("torch"),
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "tools": versions,

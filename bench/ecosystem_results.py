@@ -105,12 +105,16 @@ def _f(v: float | None, nd: int = 0) -> str:
     return "–" if v is None else f"{v:,.{nd}f}"
 
 
+def _bunched(row: dict[str, Any]) -> str:
+    return "–" if row.get("bunched_streams") is None else f"{row['bunched_streams']}/{row['completed']}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The README table: per tool and concurrency, both targets and the ratio."""
     lines = [
         ("| tool | c | target | output tok/s | req/s | TTFT p50 / p99 (ms) | ITL p50 (ms) | TPOT p50 (ms) | "
-         "e2e p50 (ms) | tokens/req | errors |"),
-        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|",
+         "e2e p50 (ms) | tokens/req | errors | streams read at once |"),
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for tool, by_target in report["results"].items():
         levels = sorted({c for rows in by_target.values() for c in rows}, key=int)
@@ -123,7 +127,7 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {tool} | {c} | {target} | {_f(r['output_tok_s'])} | {_f(r['req_s'], 2)} | "
                     f"{_f(r['ttft_p50_ms'])} / {_f(r['ttft_p99_ms'])} | {_f(r['itl_p50_ms'], 1)} | "
                     f"{_f(r['tpot_p50_ms'], 1)} | {_f(r['e2e_p50_ms'])} | {_f(r['output_tokens_mean'], 1)} | "
-                    f"{r['errors']} |"
+                    f"{r['errors']} | {_bunched(r)} |"
                 )
             q = report.get("ratios", {}).get(tool, {}).get(c)
             if q:
@@ -131,7 +135,7 @@ def markdown(report: dict[str, Any]) -> str:
                     f"| {tool} | {c} | **ours / vLLM** | **{_f(q.get('output_tok_s'), 2)}×** | "
                     f"{_f(q.get('req_s'), 2)}× | {_f(q.get('ttft_p50_ms'), 2)}× / {_f(q.get('ttft_p99_ms'), 2)}× | "
                     f"{_f(q.get('itl_p50_ms'), 2)}× | {_f(q.get('tpot_p50_ms'), 2)}× | {_f(q.get('e2e_p50_ms'), 2)}× "
-                    "| | |"
+                    "| | | |"
                 )
     return "\n".join(lines)
 
@@ -159,6 +163,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
                     ax.plot([int(c) for c in levels], ys, line, marker=marker, color=colors[target],
                             label=f"{target} ({tool})")
         ax.set_xscale("log", base=2)
+        levels = sorted({int(c) for by_target in report["results"].values() for rows in by_target.values()
+                         for c in rows})
+        ax.set_xticks(levels, [str(c) for c in levels])
         ax.set_xlabel("concurrency")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -122,7 +122,7 @@ def test_markdown_table_and_plot(tmp_path):
                                   ("guidellm", er.parse_guidellm(GUIDELLM)))}
     report = {"results": results, "ratios": er.ratios(results), "machine": {"cpu_count": 2, "cpu_model": "x"}}
     table = er.markdown(report)
-    assert "| guidellm | 8 | platform | 460 | 7.19 | 157 / 316 | 13.5 | 15.1 | 966 | 64.0 | 3 |" in table
+    assert "| guidellm | 8 | platform | 460 | 7.19 | 157 / 316 | 13.5 | 15.1 | 966 | 64.0 | 3 | 0/16 |" in table
     assert "| vllm-bench | 1 | **ours / vLLM** | **1.00×** |" in table
     pytest.importorskip("matplotlib")
     er.plot(report, tmp_path / "ecosystem.png")
