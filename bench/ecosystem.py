@@ -3,7 +3,7 @@
 One command (from the repository root; prints progress lines as it goes):
 
     .venv/bin/python bench/ecosystem.py --install-tools   # once: guidellm in its own venv (see GUIDELLM_PIN)
-    .venv/bin/python bench/ecosystem.py                   # ~10 min: both tools, both targets, concurrency 1/8/32
+    .venv/bin/python bench/ecosystem.py                   # ~6 min: both tools, both targets, concurrency 1/8/32
 
 Targets, started one at a time (start, measure with every tool, stop, then the next; a 2-core box cannot host both):
 
