@@ -103,3 +103,27 @@ async def test_a_taken_http_port_fails_clearly_instead_of_hanging(client, config
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"router.http_port: cannot listen on 127.0.0.1:{port}"):
             await start_http_server(OpenAISurface(config, None).app(), "127.0.0.1", port)
+
+
+async def test_health_follows_the_routers_verdict(router, config):
+    import httpx
+
+    stub, backend = router
+    surface = OpenAISurface(config, backend.router.pipeline, backend.router.health)
+    server, port = await start_http_server(surface.app(), "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            reply = await http.get("/health")
+            assert reply.status_code == 200 and reply.json()["status"] == "serving"
+            assert reply.json()["services"]["text"] == "ready"
+            backend.engines[ServiceKind.TEXT].healthy = False
+            await backend.router.health.refresh()
+            reply = await http.get("/health")
+            assert reply.status_code == 503 and reply.json()["services"]["text"] == "unavailable"
+            backend.engines[ServiceKind.TEXT].healthy = True
+            await backend.router.health.drain()
+            reply = await http.get("/health")
+            assert reply.status_code == 503 and reply.json()["status"] == "draining"
+    finally:
+        server.should_exit = True
+        await server.gemma_task

@@ -80,11 +80,15 @@ class ServiceHealth:
                 self.states[kind] = state
                 await self.publish()
 
+    def serving(self) -> bool:
+        """The whole server's verdict: not draining, and every service that keeps replicas is ready."""
+        return not self.draining and all(self.states[k] is ServiceState.READY for k in self._probed)
+
     async def publish(self) -> None:
         for kind, state in self.states.items():
             ok = state in (ServiceState.READY, ServiceState.SCALED_TO_ZERO) and not self.draining
             await self._servicer.set(kind.value, _SERVING if ok else _NOT_SERVING)
-        overall = not self.draining and all(self.states[k] is ServiceState.READY for k in self._probed)
+        overall = self.serving()
         for name in ("", INFERENCE_SERVICE):
             await self._servicer.set(name, _SERVING if overall else _NOT_SERVING)
 

@@ -23,6 +23,7 @@ from gemma_serving.engines.types import AudioPart, AudioTask, Chunk, GenerationR
 from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router import openai_convert as oc
 from gemma_serving.router.auth import Credentials
+from gemma_serving.router.health import ServiceHealth
 from gemma_serving.router.pipeline import InferencePipeline, collect
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,11 @@ async def _json(request: Request) -> dict:
 class OpenAISurface:
     """Routes of the OpenAI-compatible API over an InferencePipeline."""
 
-    def __init__(self, config: ServingConfig, pipeline: InferencePipeline) -> None:
+    def __init__(self, config: ServingConfig, pipeline: InferencePipeline,
+                 health: ServiceHealth | None = None) -> None:
         self._config = config
         self._pipeline = pipeline
+        self._health = health
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -76,7 +79,17 @@ class OpenAISurface:
             Route("/v1/audio/transcriptions", self.transcriptions, methods=["POST"]),
             Route("/v1/audio/translations", self.translations, methods=["POST"]),
             Route("/v1/usage", self.usage, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
         ])
+
+    async def health(self, http: Request) -> JSONResponse:
+        """200 while the router serves (the gRPC health's overall verdict), else 503 with each service's state;
+        for HTTP load balancers and tools that probe `/health` like vLLM's server."""
+        states = {k.value: v.value for k, v in self._health.states.items()} if self._health else {}
+        if self._health is None or self._health.serving():
+            return JSONResponse({"status": "serving", "services": states})
+        return JSONResponse({"status": "draining" if self._health.draining else "not_serving", "services": states},
+                            status_code=503)
 
     async def usage(self, http: Request) -> JSONResponse:
         """The calling tenant's usage and remaining quota (same figures as the GetUsage RPC)."""

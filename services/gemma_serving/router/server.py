@@ -116,7 +116,7 @@ class RouterDeployment:
         self._replica_counts = asyncio.create_task(_track_replicas(self._config, metrics, self._router.health))
         self._http, self._http_port = None, None
         if self._config.router.http_port is not None:
-            app = OpenAISurface(self._config, self._router.pipeline).app()
+            app = OpenAISurface(self._config, self._router.pipeline, self._router.health).app()
             self._http, self._http_port = await start_http_server(
                 app, self._config.router.host, self._config.router.http_port
             )
