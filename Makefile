@@ -12,7 +12,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml scripts/patch_torchvision.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
-	$(PIP) install -e ".[cpu,models,dev]"
+	# bench: the benchmarks' plotting and CPU accounting, so their unit tests run too.
+	$(PIP) install -e ".[cpu,models,dev,bench]"
 	# torchaudio/torchcodec come from PyPI as CUDA builds that cannot load beside the CPU torch, and nothing needs
 	# them: the server decodes and resamples audio itself (soundfile + soxr).
 	$(PIP) uninstall -y -q torchaudio torchcodec || true

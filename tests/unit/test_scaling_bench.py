@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from scaling import derive_events  # noqa: E402
+from scaling import derive_events, plot  # noqa: E402
 
 
 def sample(t, text, audio):
@@ -35,3 +35,11 @@ def test_an_event_that_never_happened_is_none():
     phases = [{"name": "text spike", "start_s": 0}]
     events = derive_events(phases, [sample(1, {"RUNNING": 1}, {})])
     assert events["text spike -> 2nd text replica RUNNING"] is None
+
+
+def test_the_plot_draws_replicas_and_latencies(tmp_path):
+    phases = [{"name": "baseline", "start_s": 0, "end_s": 10}, {"name": "text spike", "start_s": 10, "end_s": 20}]
+    timeline = [sample(t, {"RUNNING": 1 + (t > 15)}, {}) for t in range(0, 20, 2)]
+    requests = [{"service": "text", "ok": True, "sent_s": t, "e2e_s": 0.5 + t / 10} for t in range(18)]
+    plot({"phases": phases, "timeline": timeline, "requests": requests}, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 10_000
