@@ -47,7 +47,8 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 import ecosystem_results as er
-from serving import PROFILES, _cpu_model, _version, free_port, platform_config, progress, text_model_config
+from bench_common import cpu_model, free_port, package_version, progress
+from serving_targets import PROFILES, platform_config, text_model_config
 
 RESULTS_DIR = BENCH_DIR / "results"
 GUIDELLM_PIN = "guidellm==0.8.1"
@@ -292,7 +293,7 @@ def main() -> None:
     if len(prompts) != len(concurrency):
         p.error("--prompts: one number, or one per concurrency level")
     guidellm = args.tools_venv / "bin" / "guidellm"
-    versions = {"vllm-bench": _version("vllm")}
+    versions = {"vllm-bench": package_version("vllm")}
     if "guidellm" in tools:
         versions["guidellm"] = tool_version(guidellm)
         if versions["guidellm"] is None:
@@ -310,9 +311,9 @@ def main() -> None:
     report: dict[str, Any] = {
         "benchmark": "ecosystem",
         "started_unix": round(time.time()),
-        "machine": {"cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "python": sys.version.split()[0],
+        "machine": {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "python": sys.version.split()[0],
                     "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                    "vllm": _version("vllm"), "ray": _version("ray"), "torch": _version("torch"),
+                    "vllm": package_version("vllm"), "ray": package_version("ray"), "torch": package_version("torch"),
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "tools": versions,
         "workload": {k: v for k, v in workload.items() if k != "tokenizer"},
