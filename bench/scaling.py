@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import GrpcTarget, SamplingSpec, make_prompts, one_request, summarize  # noqa: E402
+from loadgen import GrpcTarget, SamplingSpec, make_prompts, one_request, summarize
 
 RESULTS = Path(__file__).resolve().parent / "results"
 APP = "scalebench"
@@ -121,8 +121,8 @@ def derive_events(phases: list[dict[str, Any]], timeline: list[dict[str, Any]]) 
     """Seconds from each load change to the autoscaler's reaction (a replica in any state: the decision) and to
     the replica serving (RUNNING: Serve routes to it), read from the sampled timeline."""
     start = {p["name"]: p["start_s"] for p in phases}
-    running = lambda n: lambda st: st.get("RUNNING", 0) == n  # noqa: E731
-    exists = lambda n: lambda st: sum(st.values()) >= n  # noqa: E731
+    running = lambda n: lambda st: st.get("RUNNING", 0) == n
+    exists = lambda n: lambda st: sum(st.values()) >= n
     spans = {
         "text spike -> 2nd text replica decided": ("text spike", "text", exists(2)),
         "text spike -> 2nd text replica RUNNING": ("text spike", "text", running(2)),

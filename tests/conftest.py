@@ -25,9 +25,8 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """Ray (head + three accelerator-labelled workers) and Serve, started once for the session."""
-    from ray import serve
-
     from gemma_serving.local_cluster import start_local_cluster
+    from ray import serve
 
     cluster = start_local_cluster()
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, proxy_location="HeadOnly")

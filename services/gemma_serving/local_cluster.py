@@ -150,7 +150,7 @@ class ClusterView:
         """The sum of the router's Prometheus samples named `name` whose labels include `labels` (0 when none)."""
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
         total = 0.0
-        for found, value in re.findall(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", text, re.M):
+        for found, value in re.findall(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", text, re.MULTILINE):
             have = dict(re.findall(r'(\w+)="([^"]*)"', found))
             if all(have.get(k) == v for k, v in labels.items()):
                 total += float(value)

@@ -8,12 +8,11 @@ import asyncio
 import time
 
 import pytest
-from ray.exceptions import ActorDiedError
-
 from gemma_serving.config import ServiceKind
 from gemma_serving.engines.types import Chunk, GenerationRequest, Message, Sampling, TextPart
 from gemma_serving.errors import DeadlineExceeded, EngineDead, InvalidRequest, NotReady, ReplicaGone
 from gemma_serving.router.backends import ServeHandleBackend
+from ray.exceptions import ActorDiedError
 
 TEXT = ServiceKind.TEXT
 

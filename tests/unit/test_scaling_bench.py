@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from scaling import derive_events, plot  # noqa: E402
+from scaling import derive_events, plot
 
 
 def sample(t, text, audio):
