@@ -65,3 +65,13 @@ def test_errors_match_grpc_semantics(oai):
         oai.chat.completions.create(model="gemma-3-tiny", messages=[{"role": "user", "content": "x"}],
                                     max_tokens=100000)
     assert info.value.body["param"] == "sampling.max_tokens"
+
+
+def test_ignore_eos_gives_exactly_max_tokens_as_benchmark_tools_expect(oai):
+    for _ in range(3):
+        reply = oai.chat.completions.create(model="gemma-3-tiny", messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=48, temperature=1.0, extra_body={"ignore_eos": True})
+        assert reply.usage.completion_tokens == 48 and reply.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError, match="ignore_eos"):
+        oai.chat.completions.create(model="gemma-3-tiny", messages=[{"role": "user", "content": "Hi"}],
+                                    max_tokens=4, extra_body={"ignore_eos": "yes"})

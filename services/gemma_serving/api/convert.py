@@ -106,6 +106,7 @@ def request_from_pb(req: pb.GenerateRequest) -> GenerationRequest:
         top_k=s.top_k if s.HasField("top_k") else None,
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
+        ignore_eos=s.ignore_eos,
     )
     return GenerationRequest(
         req.model,

@@ -114,6 +114,8 @@ class Sampling:
     top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    #: Generate past end-of-turn until max_tokens (vLLM's `ignore_eos`, for fixed-length benchmark requests).
+    ignore_eos: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,6 +147,7 @@ class VllmEngine:
         return SamplingParams(
             max_tokens=s.max_tokens,
             stop=list(s.stop) or None,
+            ignore_eos=s.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
             structured_outputs=structured_outputs(request),
             **{k: v for k, v in given.items() if v is not None},

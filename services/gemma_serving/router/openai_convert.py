@@ -123,8 +123,11 @@ def sampling_from(body: dict) -> Sampling:
     stop = body.get("stop") or ()
     stop = (stop,) if isinstance(stop, str) else tuple(str(s) for s in stop)
     max_tokens = _number(body, "max_completion_tokens", int) or _number(body, "max_tokens", int)
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise _bad(f"ignore_eos must be true or false, got {str(ignore_eos)[:32]}", "ignore_eos")
     return Sampling(max_tokens, _number(body, "temperature", float), _number(body, "top_p", float),
-                    _number(body, "top_k", int), _number(body, "seed", int), stop)
+                    _number(body, "top_k", int), _number(body, "seed", int), stop, ignore_eos)
 
 
 def chat_request(body: dict) -> GenerationRequest:
