@@ -94,8 +94,8 @@ class Run:
 
     async def sample_forever(self, interval_s: float = 1.0) -> None:
         while True:
-            states = await asyncio.to_thread(lambda: {k: self.view.replica_states(k) for k in KINDS})
-            self.timeline.append({"t_s": round(self.now(), 2), **states})
+            states = await asyncio.to_thread(self.view.replica_states)  # one Serve status read per sample
+            self.timeline.append({"t_s": round(self.now(), 2), **{k: states.get(k, {}) for k in KINDS}})
             await asyncio.sleep(interval_s)
 
     def running(self, kind: str) -> int:

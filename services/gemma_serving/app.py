@@ -48,6 +48,12 @@ def deployment_options(kind: ServiceKind, service: ServiceConfig) -> dict[str, A
     }
 
 
+def replica_states(app_name: str) -> dict[str, dict[str, int]]:
+    """Replica counts by state (RUNNING, STARTING, ...) of each deployment of an app, from one Serve status read."""
+    app = serve.status().applications.get(app_name)
+    return {name: dict(d.replica_states) for name, d in app.deployments.items()} if app else {}
+
+
 def build_app(
     config: ServingConfig, *, engine_factory=vllm_engine_factory, checkpoint_resolver=resolve_checkpoint
 ) -> Application:

@@ -16,7 +16,7 @@ import re
 import urllib.request
 from typing import Any
 
-from gemma_serving.app import ACCELERATOR_RESOURCE_PREFIX
+from gemma_serving.app import ACCELERATOR_RESOURCE_PREFIX, replica_states
 from gemma_serving.config import ServingConfig, load_config, parse_config
 
 L4, H100 = "nvidia-l4", "nvidia-h100-80gb"
@@ -30,7 +30,7 @@ def worker_args(name: str) -> dict[str, Any]:
     return {
         "num_cpus": 2,
         "num_gpus": 1,  # logical
-        "resources": {f"{ACCELERATOR_RESOURCE_PREFIX}{WORKERS[name]}": 1, f"node:{name}": 1},
+        "resources": {f"{ACCELERATOR_RESOURCE_PREFIX}{WORKERS[name]}": 1},
         "object_store_memory": 256 * _MIB,
     }
 
@@ -114,16 +114,12 @@ class ClusterView:
         self.app = app
         self.metrics_port = metrics_port
 
-    def replica_states(self, kind: str) -> dict[str, int]:
-        """Replica counts by state (RUNNING, STARTING, ...), as Serve reports them."""
-        from ray import serve
-
-        app = serve.status().applications.get(self.app)
-        deployment = app.deployments.get(kind) if app else None
-        return dict(deployment.replica_states) if deployment else {}
+    def replica_states(self) -> dict[str, dict[str, int]]:
+        """Replica counts by state (RUNNING, STARTING, ...) per service, as Serve reports them."""
+        return replica_states(self.app)
 
     def running(self, kind: str) -> int:
-        return self.replica_states(kind).get("RUNNING", 0)
+        return self.replica_states().get(kind, {}).get("RUNNING", 0)
 
     def replicas(self, kind: str) -> list[Replica]:
         """Live replica actors of a service (including ones still starting), with the node each runs on."""

@@ -56,16 +56,21 @@ def config():
     return parse_config(CONFIG)
 
 
-@pytest.fixture
-async def router(config):
+async def start_router(config, new_engine=lambda: FakeEngine(step_delay_s=0.005)):
+    """A gRPC router in this process over one deployment per configured service, each with `new_engine()`."""
     deployments = {
-        kind: await make_deployment(kind, service, FakeEngine(step_delay_s=0.005))
-        for kind, service in config.services.items()
+        kind: await make_deployment(kind, service, new_engine()) for kind, service in config.services.items()
     }
     backend = InProcessBackend(deployments)
     router = await start_grpc_server(config, backend, health_interval_s=0.1)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
     backend.router = router
+    return router, backend
+
+
+@pytest.fixture
+async def router(config):
+    router, backend = await start_router(config)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
     backend.channel = channel
     yield pb_grpc.InferenceStub(channel), backend
     await channel.close()
@@ -78,14 +83,8 @@ async def make_router():
     started = []
 
     async def start(overrides: dict, *, step_delay_s: float = 0.005):
-        config = parse_config({**CONFIG, **overrides})
-        deployments = {
-            kind: await make_deployment(kind, service, FakeEngine(step_delay_s=step_delay_s))
-            for kind, service in config.services.items()
-        }
-        backend = InProcessBackend(deployments)
-        router = await start_grpc_server(config, backend, health_interval_s=0.1)
-        backend.router = router
+        router, backend = await start_router(parse_config({**CONFIG, **overrides}),
+                                             lambda: FakeEngine(step_delay_s=step_delay_s))
         started.append(router)
         return router, backend
 

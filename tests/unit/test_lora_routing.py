@@ -17,9 +17,8 @@ from gemma_serving.deployments.modality import LoadedAdapter, LocalMultiplexer
 from gemma_serving.engines.fake import FakeEngine
 from gemma_serving.engines.types import GenerationRequest, Message, Sampling, TextPart
 from gemma_serving.router.backends import ServeHandleBackend
-from gemma_serving.router.server import start_grpc_server
 
-from tests.unit.conftest import CONFIG, InProcessBackend, make_deployment
+from tests.unit.conftest import CONFIG, start_router
 
 
 class AdapterFakeEngine(FakeEngine):
@@ -55,15 +54,9 @@ async def lora_router(tmp_path):
     ]
     # One loaded adapter per replica: the second distinct adapter evicts the first.
     data["services"]["text"]["model"]["engine"] = {"max_loras": 1, "max_cpu_loras": 1}
-    config = parse_config(data)
-    deployments = {
-        kind: await make_deployment(kind, service, AdapterFakeEngine(step_delay_s=0.001))
-        for kind, service in config.services.items()
-    }
-    backend = InProcessBackend(deployments)
-    router = await start_grpc_server(config, backend, health_interval_s=0.1)
+    router, backend = await start_router(parse_config(data), lambda: AdapterFakeEngine(step_delay_s=0.001))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{router.port}")
-    yield pb_grpc.InferenceStub(channel), backend, deployments[ServiceKind.TEXT]
+    yield pb_grpc.InferenceStub(channel), backend, backend.deployments[ServiceKind.TEXT]
     await channel.close()
     await router.drain_and_stop(0)
 

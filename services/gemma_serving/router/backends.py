@@ -139,9 +139,7 @@ class ServeHandleBackend:
         deadline_left = request.deadline - time.time() if request.deadline else float("inf")
         limit = min(replica_left, deadline_left)
         try:
-            if limit == float("inf"):
-                return await anext(response)
-            return await asyncio.wait_for(anext(response), max(limit, 0.0))
+            return await asyncio.wait_for(anext(response), None if limit == float("inf") else max(limit, 0.0))
         except StopAsyncIteration:
             return None
         except TimeoutError:

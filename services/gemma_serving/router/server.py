@@ -154,14 +154,13 @@ async def _track_replicas(config: ServingConfig, metrics: RouterMetrics, service
                           interval_s: float = 5.0) -> None:
     """Publish running replicas per service (from Ray Serve's status) as gemma_serving_replicas, and tell the
     health of services that scale to zero whether they have a replica."""
-    from ray import serve
+    from gemma_serving.app import replica_states
 
     while True:
         try:
-            app = (await asyncio.to_thread(serve.status)).applications.get(config.app_name)
+            states = await asyncio.to_thread(replica_states, config.app_name)
             for kind in config.services:
-                deployment = app.deployments.get(kind.value) if app else None
-                running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
+                running = states.get(kind.value, {}).get("RUNNING", 0)
                 metrics.replicas.labels(kind.value).set(running)
                 await service_health.observe_replicas(kind, running)
         except Exception as exc:  # metrics must never take the router down
