@@ -168,6 +168,13 @@ class DeploymentSettings(Strict):
         "zero, replacement after a crash) and queueing; then UNAVAILABLE with retry info. The request's deadline "
         "applies too.",
     )
+    stream_flush_ms: float = Field(
+        0, ge=0, le=1000,
+        description="Token path coalescing: 0 sends the deltas of every in-flight request that are ready in one "
+        "event-loop pass (one engine step) to each router as one message; above 0 a replica also holds later deltas "
+        "up to this long to merge more (fewer messages, coarser streams). A stream's first and last deltas always go "
+        "at once.",
+    )
 
 
 class ServiceConfig(Strict):
@@ -223,6 +230,11 @@ class RouterSettings(Strict):
     )
     max_request_seconds: float = Field(
         600, gt=0, le=86400, description="Longest any request may run; caps (or stands in for) the client deadline."
+    )
+    delta_channel_port: int = Field(
+        0, ge=0, le=65535,
+        description="Port of the router's token-path channel (ZeroMQ PULL) that replicas push deltas to; 0 picks a "
+        "free one. Replicas reach it at this node's Ray address, so it must be open between pods, not outside.",
     )
 
 

@@ -1,6 +1,7 @@
 """ModalityDeployment: the thin Ray Serve shell around one engine, bound three times (text, vision, audio).
 
-It decodes media for its modality, streams engine chunks back (coalesced), and exposes the engine's health to Serve.
+It decodes media for its modality, streams engine chunks to the router over the delta channel (`generate_into`), and
+exposes the engine's health to Serve.
 It never parses protobuf and knows nothing of tenants.
 """
 
@@ -18,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from gemma_serving.config import SERVICE_MODALITIES, ModelConfig, ServiceConfig, ServiceKind, TelemetrySettings
+from gemma_serving.deltas.publisher import DeltaPublisher
 from gemma_serving.deployments.streaming import coalesce
 from gemma_serving.engines.base import Engine
 from gemma_serving.engines.types import (
@@ -103,18 +105,35 @@ class ModalityDeployment:
         self.loaded_adapters: set[str] = set()
         self.adapter_loads: dict[str, int] = {}
         self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
+        self._publisher = DeltaPublisher(flush_interval_s=self.config.deployment.stream_flush_ms / 1000)
+
+    async def generate_into(self, request: GenerationRequest, request_id: str, address: str, stream: int) -> None:
+        """The router's call: push the request's chunks to router `address`, stream `stream`, over the delta
+        channel (batched with every other request's of the same engine step); return when the stream is complete.
+
+        The call stays open for the request's life, so Serve counts it (autoscaling, backpressure); cancelling it
+        (client gone, deadline) closes the engine stream, which aborts the request in the engine.
+        """
+        sink = self._publisher.sink(address, stream)
+        async with asyncio.timeout(request.budget_s):  # a backstop: the router enforces the deadline itself
+            async for chunk in self._engine_chunks(request, request_id):
+                sink.send(chunk)
+        sink.end()
 
     async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
-        """Stream chunks for a validated request (called through a streaming deployment handle)."""
-        queue_seconds = time.time() - request.sent_at if request.sent_at else None
+        """Stream chunks as Ray streaming items (for callers inside the Serve app that hold a streaming handle;
+        the router uses `generate_into`). Deltas ready at once are merged into one item."""
+        async for chunk in coalesce(self._engine_chunks(request, request_id), timeout_s=request.budget_s):
+            yield chunk
+
+    async def _engine_chunks(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
+        """The engine's chunks for `request`, inside the deployment span, after adapter loading and media decoding."""
         span = self._tracer.start_span(
             attr.SPAN_DEPLOYMENT,
             context=extract(request.trace_context),
             attributes={attr.SERVICE: self.kind.value, attr.REQUEST_MODEL: request.model,
                         attr.RESPONSE_ID: request_id},
         )
-        if queue_seconds is not None:
-            span.set_attribute(attr.QUEUE_TIME_S, queue_seconds)
         try:
             if request.adapter:
                 await self._load_adapter(request.adapter)
@@ -123,11 +142,11 @@ class ModalityDeployment:
             request = dataclasses.replace(request, trace_context=inject(trace.set_span_in_context(span)))
             stream = traced_engine_stream(self._tracer, span, self.engine.generate(request, request_id=request_id),
                                           model=request.model, request_id=request_id)
-            first = True
-            async for chunk in coalesce(stream, deadline=request.deadline):
-                if first:
-                    chunk, first = dataclasses.replace(chunk, queue_seconds=queue_seconds), False
-                yield chunk
+            try:
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await stream.aclose()
         except Exception as exc:
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
@@ -187,6 +206,9 @@ class ModalityDeployment:
         engine = getattr(self, "engine", None)  # absent when __init__ failed
         if engine is not None:
             await engine.shutdown()
+        publisher = getattr(self, "_publisher", None)
+        if publisher is not None:
+            publisher.close()
         shutdown = getattr(getattr(self, "_tracer_provider", None), "shutdown", None)
         if shutdown is not None:  # flush spans still in the batch
             shutdown()

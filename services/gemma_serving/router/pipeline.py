@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from gemma_serving.config import ServingConfig
 from gemma_serving.engines.tool_calls import parse_tool_calls
 from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, Tool
-from gemma_serving.errors import GemmaServingError
+from gemma_serving.errors import DeadlineExceeded, GemmaServingError
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.backends import Backend
 from gemma_serving.router.tenancy import Tenancy
@@ -120,14 +120,17 @@ class InferencePipeline:
 
     def _prepare(self, request: GenerationRequest, span, time_remaining: float | None) -> GenerationRequest:
         budget = self._config.router.max_request_seconds
-        now = time.time()
+        if time_remaining is not None:  # 0.0 is a deadline that has passed, not "no deadline"
+            if time_remaining <= 0:
+                raise DeadlineExceeded("the request's deadline had passed when it arrived")
+            budget = min(budget, time_remaining)
         _set_request_attributes(span, request)
         return dataclasses.replace(
             request,
-            # The deadline travels with the request; the deployment aborts the engine request when it passes.
-            deadline=now + min(budget, time_remaining or budget),
+            # The remaining time travels with the request as a duration; the backend enforces it over the whole
+            # stream and cancels the replica call (which aborts the engine request) when it runs out.
+            budget_s=budget,
             trace_context=inject(trace.set_span_in_context(span)),
-            sent_at=now,
         )
 
     def _observe(self, p: _Progress, chunk: Chunk, tenant: TenantConfig) -> None:

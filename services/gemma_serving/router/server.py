@@ -20,6 +20,7 @@ from opentelemetry import trace
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
+from gemma_serving.deltas.subscriber import DeltaSubscriber
 from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
@@ -103,10 +104,18 @@ class RouterDeployment:
         metrics = RouterMetrics()
         waits = {kind: s.deployment.max_wait_for_replica_s for kind, s in self._config.services.items()}
         self._metrics_port = metrics.serve(self._config.router.host, telemetry.metrics_port)
+        # The token path: replicas push deltas to this subscriber at this node's Ray address (reachable from every
+        # node of the cluster, like Ray's own ports).
+        import ray
+
+        node_ip = ray.util.get_node_ip_address()
+        self._deltas = DeltaSubscriber(node_ip, node_ip, self._config.router.delta_channel_port)
+        await self._deltas.start()
         self._router = await start_grpc_server(
             self._config,
             ServeHandleBackend(
                 handles,
+                self._deltas,
                 max_wait_for_replica_s=waits,
                 on_retry=lambda kind: metrics.retries.labels(kind.value).inc(),
             ),
@@ -145,6 +154,7 @@ class RouterDeployment:
             if self._http is not None:
                 self._http.should_exit = True  # uvicorn stops accepting, then lets open requests finish
             await router.drain_and_stop(self._config.router.grace_period_s, self._config.router.drain_notice_s)
+            await self._deltas.stop()
             shutdown = getattr(self._tracer_provider, "shutdown", None)
             if shutdown is not None:  # flush spans still in the batch
                 shutdown()
