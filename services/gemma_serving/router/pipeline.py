@@ -16,12 +16,12 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gemma_serving.config import ServingConfig
-from gemma_serving.engines.tool_calls import parse_tool_calls
-from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, Tool
+from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.errors import DeadlineExceeded, GemmaServingError
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.backends import Backend
 from gemma_serving.router.tenancy import Tenancy
+from gemma_serving.router.tool_streaming import stream_with_tool_calls
 from gemma_serving.router.validation import validate_request
 from gemma_serving.security_config import TenantConfig
 from gemma_serving.telemetry import attributes as attr
@@ -93,7 +93,7 @@ class InferencePipeline:
             p.waiting = True
             stream = self._backend.stream(kind, request, request_id)
             if request.tools and request.tool_choice.mode != "none":
-                stream = with_tool_calls(stream, request.tools)
+                stream = stream_with_tool_calls(stream, request.tools)
             try:
                 text = ""
                 async for chunk in stream:
@@ -189,22 +189,6 @@ async def collect(stream: AsyncIterator[Chunk]) -> tuple[str, Chunk]:
     if last is None:
         raise GemmaServingError("the engine returned no output")
     return "".join(texts), last
-
-
-async def with_tool_calls(stream: AsyncIterator[Chunk], tools: tuple[Tool, ...]) -> AsyncIterator[Chunk]:
-    """Buffer a reply to a request that offered tools: one chunk with the parsed tool calls, or with the text.
-
-    A call is only known once the reply is complete, so tool requests do not stream token by token.
-    """
-    try:
-        text, last = await collect(stream)
-    finally:
-        await stream.aclose()
-    calls = parse_tool_calls(text, tools)
-    if calls:
-        yield dataclasses.replace(last, text="", tool_calls=calls, finish_reason=FinishReason.TOOL_CALLS)
-    else:
-        yield dataclasses.replace(last, text=text)
 
 
 def _set_request_attributes(span, request: GenerationRequest) -> None:
