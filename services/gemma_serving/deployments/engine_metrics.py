@@ -138,3 +138,27 @@ class ReplicaMemoryGauges:
             except Exception as exc:
                 log.warning("replica memory sample failed: %s", type(exc).__name__)
             await asyncio.sleep(self._interval_s)
+
+
+def serve_replica_id() -> str | None:
+    """This Serve replica's id, or None outside a Serve replica."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except RayServeException:
+        return None
+
+
+def attach_engine_metrics(engine: Any, service: str, model: str) -> ReplicaMemoryGauges | None:
+    """Inside a Serve replica: give a vLLM engine (one with `stat_loggers`, before its start) the service-tagged Ray
+    stat logger, and return the replica's memory gauges to sample. Outside Serve (unit tests, in-process use) there
+    is no metrics agent to export to: None."""
+    replica_id = serve_replica_id()
+    if replica_id is None:
+        return None
+    stat_loggers = getattr(engine, "stat_loggers", None)
+    if stat_loggers is not None:
+        stat_loggers.append(service_stat_logger(service))
+    return ReplicaMemoryGauges(service, model, replica_id)

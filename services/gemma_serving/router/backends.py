@@ -39,8 +39,9 @@ class Backend(Protocol):
 
     def stream(self, kind: ServiceKind, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]: ...
 
-    async def probe(self, kind: ServiceKind) -> None:
-        """Return if the service's engine is healthy; raise otherwise."""
+    async def probe(self, kind: ServiceKind) -> dict | None:
+        """Raise if the service's engine is unhealthy; else its short-generation probe report (verdict, latency_s)
+        or None (healthy, no report)."""
 
 
 def translate_ray_error(exc: BaseException) -> BaseException:
@@ -80,9 +81,11 @@ class ServeHandleBackend:
         self._max_wait = max_wait_for_replica_s or {}
         self._on_retry = on_retry or (lambda kind: None)
 
-    async def probe(self, kind: ServiceKind) -> None:
+    async def probe(self, kind: ServiceKind) -> dict | None:
         try:
-            await self._unary[kind].check_health.remote()
+            # The replica times its probe generations on its engine in the background: this call never waits for
+            # one (see deployments/health_probe.py).
+            return await self._unary[kind].health_report.remote()
         except Exception as exc:
             raise translate_ray_error(exc) from None
 

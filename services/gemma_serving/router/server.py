@@ -76,7 +76,8 @@ async def start_grpc_server(
         maximum_concurrent_rpcs=config.router.max_concurrent_rpcs,
     )
     health_servicer = health.aio.HealthServicer()
-    service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s)
+    service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s,
+                                   metrics=metrics)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(config, pipeline, service_health), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
