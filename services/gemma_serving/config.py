@@ -284,6 +284,13 @@ class ServingConfig(Strict):
             raise ValueError(f"LoRA adapters are supported on the text service only, not on {', '.join(with_adapters)}")
         return self
 
+    @model_validator(mode="after")
+    def _judge_is_served(self) -> ServingConfig:
+        judge = self.telemetry.quality.judge_model
+        if judge is not None and self.service_for_model(judge) is None:
+            raise ValueError(f"telemetry.quality.judge_model '{judge}' is not a served model")
+        return self
+
     def service_for_model(self, model_name: str) -> ServiceKind | None:
         """The service serving `model_name`, or None."""
         for kind, service in self.services.items():

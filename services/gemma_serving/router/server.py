@@ -24,6 +24,7 @@ from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
+from gemma_serving.router.quality import with_quality_sampling
 from gemma_serving.router.servicer import InferenceServicer
 from gemma_serving.router.tls import server_credentials
 from gemma_serving.telemetry.metrics import RouterMetrics
@@ -64,7 +65,9 @@ async def start_grpc_server(
     """Start the Inference, grpc.health.v1 and reflection services on the configured address."""
     metrics = metrics or RouterMetrics()
     tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
-    pipeline = InferencePipeline(config, backend, tracer=tracer, metrics=metrics)
+    # Sampled answers are scored off the token path; unsampled requests get the backend's own stream.
+    pipeline = InferencePipeline(config, with_quality_sampling(config, backend, metrics), tracer=tracer,
+                                 metrics=metrics)
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
