@@ -17,11 +17,9 @@ import asyncio
 import logging
 from typing import Any
 
-log = logging.getLogger(__name__)
+from gemma_serving.telemetry.metrics import REPLICA_GPU_MEMORY_METRIC, REPLICA_RSS_METRIC
 
-#: Ray metric names of the replica memory gauges (exported with the `ray_` prefix).
-RSS_METRIC = "gemma_serving_replica_rss_bytes"
-GPU_MEMORY_METRIC = "gemma_serving_replica_gpu_memory_bytes"
+log = logging.getLogger(__name__)
 
 
 def service_tagged(wrapper: type, service: str) -> type:
@@ -113,9 +111,9 @@ class ReplicaMemoryGauges:
         from ray.util.metrics import Gauge
 
         tags = {"service": service, "model": model, "ReplicaId": replica_id}
-        self._rss = Gauge(RSS_METRIC, "Resident memory of a serving replica and its engine processes (bytes).",
+        self._rss = Gauge(REPLICA_RSS_METRIC, "Resident memory of a serving replica and its engine processes (bytes).",
                           tag_keys=tuple(tags)).set_default_tags(tags)
-        self._gpu = Gauge(GPU_MEMORY_METRIC, "GPU memory used by a serving replica's engine processes (bytes).",
+        self._gpu = Gauge(REPLICA_GPU_MEMORY_METRIC, "GPU memory used by a serving replica's engine processes (bytes).",
                           tag_keys=tuple(tags)).set_default_tags(tags)
         self._interval_s = interval_s
         self.last: dict[str, int | None] = {}

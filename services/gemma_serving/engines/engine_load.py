@@ -36,7 +36,7 @@ class EngineLoadTracker:
         self.latest = EngineLoad(running, waiting, kv_cache_usage, time.monotonic())
 
     def stat_logger(self) -> Any:
-        """A vLLM per-engine stat logger factory ((vllm_config, engine_index) -> StatLoggerBase) feeding this tracker."""
+        """A vLLM per-engine stat logger factory (called with vllm_config, engine_index) that feeds this tracker."""
         from vllm.v1.metrics.loggers import StatLoggerBase
 
         tracker = self
