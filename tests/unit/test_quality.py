@@ -168,6 +168,7 @@ async def test_the_judge_asks_a_served_model_and_its_grade_becomes_the_score():
         assert router.metrics.registry.get_sample_value("gemma_serving_quality_score_sum", labels) == 0.75
         judged = backend.engines[ServiceKind.TEXT].seen[-1]
         assert "Describe the sea." in judged.messages[0].parts[0].text and "Grade:" in judged.messages[0].parts[0].text
+        assert judged.response_format.kind == "choice" and judged.response_format.choices == ("1", "2", "3", "4", "5")
         # The judge's own generation is not sampled (text-model has no share).
         assert router.metrics.registry.get_sample_value("gemma_serving_quality_score_count",
                                                         {**labels, "service": "text", "model": "text-model"}) is None

@@ -13,7 +13,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, Message, Sampling, TextPart
+from gemma_serving.engines.types import (
+    Chunk,
+    FinishReason,
+    GenerationRequest,
+    Message,
+    ResponseFormat,
+    Sampling,
+    TextPart,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,7 @@ def json_valid_score(answer: Answer) -> float | None:
     return 1.0
 
 
+GRADES = ("1", "2", "3", "4", "5")
 JUDGE_PROMPT = (
     "You grade answers. Rate how well the answer responds to the question, from 1 (useless, off-topic or "
     "incoherent) to 5 (relevant, coherent, safe and correct). Reply with the digit only.\n\n"
@@ -105,7 +114,8 @@ JUDGE_PROMPT = (
 
 class JudgeScorer:
     """LLM as judge: asks `model` (served by this platform, through the same backend as user requests) to grade the
-    answer 1-5; the score is (grade - 1) / 4. None when the judge's reply holds no grade."""
+    answer 1-5, its reply constrained to one of the grades; the score is (grade - 1) / 4. None when the reply holds
+    no grade (an engine without structured outputs)."""
 
     name = "judge"
 
@@ -124,8 +134,10 @@ class JudgeScorer:
     async def score(self, answer: Answer) -> float | None:
         prompt = JUDGE_PROMPT.format(question=self._question(answer.request)[: self._max_chars],
                                      answer=answer.text[: self._max_chars])
+        # Constrained to the five grades (vLLM structured outputs), so any model's reply parses.
         request = GenerationRequest(model=self._model, messages=(Message("user", (TextPart(prompt),)),),
-                                    sampling=Sampling(max_tokens=self._max_tokens, temperature=0.0))
+                                    sampling=Sampling(max_tokens=self._max_tokens, temperature=0.0),
+                                    response_format=ResponseFormat("choice", choices=GRADES))
         reply = "".join([chunk.text async for chunk in self._generate(request)])
         grade = re.search(r"[1-5]", reply)
         return (int(grade.group(0)) - 1) / 4 if grade else None
