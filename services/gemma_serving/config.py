@@ -255,7 +255,8 @@ class TelemetrySettings(Strict):
         True,
         description="Export vLLM's own engine metrics (KV cache, queue, preemptions, TTFT/ITL as the engine sees "
         "them) and replica memory through Ray's metrics agent (ray_vllm_*, ray_gemma_serving_replica_*), labelled "
-        "by service, model and replica. Off: vLLM keeps only the statistics the autoscaler needs.",
+        "by service, model and replica. Off: no export; vLLM computes statistics only for a service whose "
+        "autoscaling policy is engine_saturation (else none at all, no per-step stats work).",
     )
     quality: QualitySettings = Field(
         default_factory=QualitySettings, description="Sampled quality scores of finished answers (off by default)."

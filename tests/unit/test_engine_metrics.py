@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -61,11 +62,25 @@ def test_the_load_logger_keeps_the_last_scheduler_statistics():
     assert (tracker.latest.running, tracker.latest.waiting, tracker.latest.kv_cache_usage) == (2, 4, 0.4)
 
 
-def test_outside_a_serve_replica_nothing_is_attached():
-    engine = FakeEngine()
-    engine.stat_loggers = []
-    assert attach_engine_metrics(engine, "text", "m") is None
-    assert engine.stat_loggers == []
+def vllm_engine():
+    from gemma_serving.config import ModelConfig
+    from gemma_serving.engines.vllm import VllmEngine
+
+    return VllmEngine(ModelConfig.model_validate({"name": "m", "source": "/m"}), Path("/m"))  # not started
+
+
+def test_without_export_or_saturation_policy_vllm_gets_no_stat_loggers():
+    engine = vllm_engine()
+    assert attach_engine_metrics(engine, "text", "m", export=False, track_load=False) is None
+    assert engine.stat_loggers == []  # AsyncLLM gets stat_loggers=None: vLLM's statistics stay off
+
+
+@pytest.mark.parametrize("export,track_load", [(False, True), (True, False)])
+def test_the_load_tracker_listens_when_needed_and_ray_export_only_inside_serve(export, track_load):
+    engine = vllm_engine()
+    assert attach_engine_metrics(engine, "text", "m", export=export, track_load=track_load) is None  # not in Serve
+    assert [cls.__name__ for cls in engine.stat_loggers] == ["EngineLoadLogger"]
+    assert attach_engine_metrics(FakeEngine(), "text", "m", export=True, track_load=True) is None  # not vLLM
 
 
 def test_replica_memory_counts_the_engine_child_process():

@@ -149,14 +149,20 @@ def serve_replica_id() -> str | None:
         return None
 
 
-def attach_engine_metrics(engine: Any, service: str, model: str) -> ReplicaMemoryGauges | None:
-    """Inside a Serve replica: give a vLLM engine (one with `stat_loggers`, before its start) the service-tagged Ray
-    stat logger, and return the replica's memory gauges to sample. Outside Serve (unit tests, in-process use) there
-    is no metrics agent to export to: None."""
-    replica_id = serve_replica_id()
-    if replica_id is None:
-        return None
+def attach_engine_metrics(engine: Any, service: str, model: str, *, export: bool,
+                          track_load: bool) -> ReplicaMemoryGauges | None:
+    """Give a vLLM engine (one with `stat_loggers`, before its start) its stat loggers: the load tracker's when
+    `track_load` (the engine_saturation autoscaling signal), and inside a Serve replica with `export` the
+    service-tagged Ray stat logger; returns the replica's memory gauges to sample then, else None. With neither, the
+    engine runs with vLLM's statistics off (no per-step stats work), as before engine metrics existed. Outside Serve
+    (unit tests, in-process use) there is no metrics agent to export to."""
     stat_loggers = getattr(engine, "stat_loggers", None)
-    if stat_loggers is not None:
-        stat_loggers.append(service_stat_logger(service))
+    if stat_loggers is None:  # not a vLLM engine
+        return None
+    if track_load or export:
+        stat_loggers.append(engine.load_tracker.stat_logger())
+    replica_id = serve_replica_id()
+    if not export or replica_id is None:
+        return None
+    stat_loggers.append(service_stat_logger(service))
     return ReplicaMemoryGauges(service, model, replica_id)

@@ -97,9 +97,11 @@ class ModalityDeployment:
         self._tracer = self._tracer_provider.get_tracer(__name__)
         path = await asyncio.to_thread(checkpoint_resolver, self.config.model.source)
         self.engine = engine_factory(self.kind, self.config.model, path)
-        # Before start(): vLLM takes its stat loggers when the engine is built. Only inside a Serve replica.
-        memory = attach_engine_metrics(self.engine, self.kind.value, self.config.model.name) \
-            if settings.engine_metrics else None
+        # Before start(): vLLM takes its stat loggers when the engine is built.
+        memory = attach_engine_metrics(
+            self.engine, self.kind.value, self.config.model.name, export=settings.engine_metrics,
+            track_load=self.config.deployment.autoscaling.policy == "engine_saturation",
+        )
         await self.engine.start()
         self._memory_sampling = asyncio.create_task(memory.run()) if memory is not None else None
         self._probe = EngineProbe(self.engine, self.config.model.name, self.config.deployment.health_probe)

@@ -39,8 +39,8 @@ def engine_args(
         "tensor_parallel_size": settings.tensor_parallel_size,
         "quantization": settings.quantization,
         "kv_cache_dtype": settings.kv_cache_dtype,
-        # vLLM's periodic log lines stay off; its statistics still flow to the stat loggers VllmEngine passes
-        # (the engine-load tracker, and vLLM's Prometheus loggers when engine metrics are exported).
+        # vLLM's periodic log lines stay off; given stat loggers (the engine-load tracker, vLLM's Ray Prometheus
+        # logger when engine metrics are exported), vLLM still computes its statistics and hands them over.
         "disable_log_stats": True,
         # llguidance covers the most JSON Schema. Compact JSON: free whitespace costs tokens, and a weak model can
         # spend all of max_tokens on it before closing the object.
@@ -111,9 +111,10 @@ class VllmEngine:
         self._lora_requests: dict[str, Any] = {}
         #: Adapters currently loaded into the engine (add_lora'd and not removed since).
         self.loaded_adapters: set[str] = set()
-        #: Scheduler statistics of the last engine step (autoscaling signal, metrics snapshot).
+        #: Scheduler statistics of the last engine step (the autoscaling signal), fed once its stat logger
+        #: (`load_tracker.stat_logger()`) is among `stat_loggers`.
         self.load_tracker = EngineLoadTracker()
-        #: vLLM stat logger factories given to AsyncLLM at start, besides the load tracker's.
+        #: vLLM stat logger factories given to AsyncLLM at start.
         self.stat_loggers: list[Any] = []
 
     async def start(self) -> None:
@@ -131,9 +132,8 @@ class VllmEngine:
         if isinstance(fields.get("structured_outputs_config"), dict):
             fields["structured_outputs_config"] = StructuredOutputsConfig(**fields["structured_outputs_config"])
         args = AsyncEngineArgs(**fields)
-        self._llm = AsyncLLM.from_engine_args(
-            args, stat_loggers=[self.load_tracker.stat_logger(), *self.stat_loggers]
-        )
+        # No stat loggers: vLLM's statistics stay off (disable_log_stats), no per-step stats work.
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=list(self.stat_loggers) or None)
         self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(self._path))
         self.start_seconds = time.monotonic() - began
         log.info("engine for %s ready in %.1f s", self._model.name, self.start_seconds)
