@@ -168,3 +168,17 @@ async def test_unanswered_or_refused_probes_of_a_ready_service_mean_degraded(fai
     await asyncio.sleep(0.35)  # past health_probe.timeout_s without an answer
     await service_health.refresh()
     assert service_health.states[ServiceKind.TEXT] is later
+
+
+async def test_a_running_probe_is_not_a_user_request_in_flight():
+    from gemma_serving.config import ServiceConfig
+
+    service = ServiceConfig.model_validate({"model": {"name": "m", "source": "/m"},
+                                            "deployment": {"health_probe": PROBE}})
+    engine = FakeEngine(step_delay_s=0.2)
+    deployment = await make_deployment(ServiceKind.TEXT, service, engine)
+    assert (await deployment.health_report())["verdict"] == ProbeVerdict.READY  # starts the first probe
+    await asyncio.sleep(0.05)
+    assert len(engine.in_flight) == 1  # the probe's generation is in the engine
+    assert (await deployment.describe())["in_flight"] == 0
+    deployment._probe.stop()

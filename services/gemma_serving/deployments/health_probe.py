@@ -23,6 +23,8 @@ from gemma_serving.observability_config import HealthProbeSettings
 log = logging.getLogger(__name__)
 
 PROBE_PROMPT = "Reply with one word: ready?"
+#: Engine request ids of probes start with this (so counts of user requests can leave them out).
+PROBE_REQUEST_PREFIX = "health-probe-"
 
 
 class ProbeVerdict:
@@ -63,7 +65,7 @@ class EngineProbe:
 
     async def _probe(self) -> ProbeReport:
         began = time.monotonic()
-        stream = self._engine.generate(self._request(), request_id=f"health-probe-{next(self._ids)}")
+        stream = self._engine.generate(self._request(), request_id=f"{PROBE_REQUEST_PREFIX}{next(self._ids)}")
         try:
             async with asyncio.timeout(self._settings.timeout_s):
                 async for _chunk in stream:

@@ -19,7 +19,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from gemma_serving.config import SERVICE_MODALITIES, ModelConfig, ServiceConfig, ServiceKind, TelemetrySettings
 from gemma_serving.deployments.engine_metrics import attach_engine_metrics
-from gemma_serving.deployments.health_probe import EngineProbe, ProbeReport, ProbeVerdict
+from gemma_serving.deployments.health_probe import PROBE_REQUEST_PREFIX, EngineProbe, ProbeReport, ProbeVerdict
 from gemma_serving.deployments.streaming import coalesce
 from gemma_serving.engines.base import Engine
 from gemma_serving.engines.types import (
@@ -149,7 +149,8 @@ class ModalityDeployment:
             "kind": self.kind.value,
             "model": self.config.model.name,
             "engine_start_seconds": getattr(self.engine, "start_seconds", None),
-            "in_flight": len(getattr(self.engine, "in_flight", ())),
+            # User requests only: a health probe generation in flight is not one.
+            "in_flight": sum(not r.startswith(PROBE_REQUEST_PREFIX) for r in getattr(self.engine, "in_flight", ())),
             "engine_load": await self.record_autoscaling_stats(),
             "adapters": {"loaded": sorted(getattr(self, "loaded_adapters", ())),
                          "loads": dict(getattr(self, "adapter_loads", {})),
