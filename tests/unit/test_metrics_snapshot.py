@@ -108,6 +108,11 @@ async def test_the_metrics_command_prints_and_writes_the_summary_of_a_running_ro
         text = json.loads(out.read_text())["services"]["text"]
         assert text["requests"] == 4 and text["completion_tokens"] == 20 and text["success_rate"] == 1.0
         assert text["engine"]["kv_cache_usage"] is None  # no engine metrics reachable: the router's numbers stay
+        # A window with no traffic in it: no requests, however many came before.
+        assert main(["metrics", "--config", str(config_path), "--router-metrics", f"http://127.0.0.1:{port}/metrics",
+                     "--ray-discovery-file", str(tmp_path / "none.json"), "--window", "0.2", "--json", "-"]) == 0
+        windowed = json.loads(capsys.readouterr().out)
+        assert windowed["window_s"] == 0.2 and windowed["services"]["text"]["requests"] == 0
     finally:
         await channel.close()
         await router.drain_and_stop(0)
