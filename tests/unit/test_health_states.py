@@ -182,3 +182,15 @@ async def test_a_running_probe_is_not_a_user_request_in_flight():
     assert len(engine.in_flight) == 1  # the probe's generation is in the engine
     assert (await deployment.describe())["in_flight"] == 0
     deployment._probe.stop()
+
+
+async def test_no_answer_keeps_a_starting_or_broken_service_where_it_is():
+    async def silent(kind):
+        raise TimeoutError
+
+    service_health = ServiceHealth(parse_config(CONFIG), silent, health.aio.HealthServicer())
+    await service_health.refresh()
+    assert service_health.states[ServiceKind.TEXT] is ServiceState.STARTING
+    service_health.states[ServiceKind.TEXT] = ServiceState.UNAVAILABLE
+    await service_health.refresh()
+    assert service_health.states[ServiceKind.TEXT] is ServiceState.UNAVAILABLE

@@ -2,7 +2,7 @@
 
 Health service names: "" (the whole server), "gemma.serving.v1.Inference", and one per deployment: "text",
 "vision", "audio". The server is SERVING while it is not draining and every service that keeps replicas
-(min_replicas > 0) is ready; a service whose engine fails its check turns NOT_SERVING on its own name.
+(min_replicas > 0) is ready or degraded; a service whose engine fails its check turns NOT_SERVING on its own name.
 Services that scale to zero are not probed (a probe would wake them); they report SERVING, and their first request
 waits for a cold start. Their state follows Serve's replica count instead: READY while a replica runs, else
 SCALED_TO_ZERO.
@@ -103,10 +103,11 @@ class ServiceHealth:
             return ServiceState.UNAVAILABLE
 
     def _unanswered(self, kind: ServiceKind) -> ServiceState:
-        """A probe without an answer within the interval: still starting; else slow (the probe queued behind user
-        requests at a saturated service) until it has gone unanswered for the service's health_probe.timeout_s."""
-        if self.states[kind] is ServiceState.STARTING:
-            return ServiceState.STARTING
+        """A probe without an answer within the interval: a starting or broken service stays so; a serving one is
+        slow (the probe queued behind user requests at a saturated service) until it has gone unanswered for the
+        service's health_probe.timeout_s."""
+        if self.states[kind] in (ServiceState.STARTING, ServiceState.UNAVAILABLE):
+            return self.states[kind]  # no answer is no news: not started yet, or still broken
         now = time.monotonic()
         since = self._unanswered_since.setdefault(kind, now)
         return ServiceState.UNAVAILABLE if now - since >= self._timeouts[kind] else ServiceState.DEGRADED
