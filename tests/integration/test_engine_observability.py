@@ -19,6 +19,7 @@ from gemma_serving.telemetry import snapshot
 from gemma_serving.telemetry.metrics import ENGINE_METRICS
 
 TEXT_MODEL = "gemma-3-tiny"
+MAY_STAY_ZERO = {"ray_vllm_num_preemptions_total", "ray_vllm_prefix_cache_hits_total"}
 
 
 def engine_samples() -> snapshot.Samples:
@@ -60,7 +61,8 @@ def test_vllm_metrics_of_every_service_reach_rays_metrics_agent_with_service_mod
 
     samples = wait_for_samples(exported)
     for name, (kind, _help) in ENGINE_METRICS.items():
-        if name.startswith("ray_vllm_"):
+        # Ray exports a counter from its first non-zero increment: no preemption or prefix hit under this light load.
+        if name.startswith("ray_vllm_") and name not in MAY_STAY_ZERO:
             sample = f"{name}_count" if kind == "histogram" else name
             found = series(samples, sample, **text)
             assert found, f"{sample} not exported for the text service"

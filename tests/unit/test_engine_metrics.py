@@ -122,3 +122,12 @@ async def test_the_deployment_reports_the_engine_load_as_autoscaling_stats():
     assert (await deployment.describe())["engine_load"]["kv_cache_usage"] == 0.9
     plain = await make_deployment(ServiceKind.TEXT, service, FakeEngine())
     assert await plain.record_autoscaling_stats() == {}
+
+
+def test_an_idle_vllm_engine_reports_no_load_whatever_its_last_step_saw():
+    engine = vllm_engine()
+    assert engine.load() is None
+    engine.load_tracker.update(running=8, waiting=3, kv_cache_usage=0.95)  # the last step before the load ended
+    assert engine.load().as_stats() == {"running": 0.0, "waiting": 0.0, "kv_cache_usage": 0.0}
+    engine.in_flight.add("r1")
+    assert engine.load().kv_cache_usage == 0.95

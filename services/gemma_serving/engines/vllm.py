@@ -236,8 +236,12 @@ class VllmEngine:
             await self._llm.remove_lora(lora.lora_int_id)
 
     def load(self) -> EngineLoad | None:
-        """Running and waiting requests and KV-cache usage at the engine's last step (None before the first)."""
-        return self.load_tracker.latest
+        """Running and waiting requests and KV-cache usage at the engine's last step (None before the first). An
+        engine without requests takes no steps, so its last statistics go stale: idle is reported as empty."""
+        latest = self.load_tracker.latest
+        if latest is not None and not self.in_flight:
+            return EngineLoad(0, 0, 0.0, latest.at)
+        return latest
 
     async def check_health(self) -> None:
         if self._llm is None:
