@@ -7,6 +7,7 @@ own to `QualityMonitor(scorers=...)`. Scores are exported as numbers only, never
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Callable
@@ -42,14 +43,15 @@ class Scorer(Protocol):
 
 
 class FunctionScorer:
-    """A scorer from a plain function of the answer (the built-ins)."""
+    """A scorer from a plain function of the answer (the built-ins). It runs in a worker thread: the router's event
+    loop also carries every other request's tokens."""
 
     def __init__(self, name: str, function: Callable[[Answer], float | None]) -> None:
         self.name = name
         self._function = function
 
     async def score(self, answer: Answer) -> float | None:
-        return self._function(answer)
+        return await asyncio.to_thread(self._function, answer)
 
 
 def repetition_score(answer: Answer, n: int = 3) -> float | None:
