@@ -1,4 +1,4 @@
-"""`gemma-serving` command: up, serve, down, status, generate, demo, build-models."""
+"""`gemma-serving` command: up, serve, down, status, metrics, generate, demo, build-models."""
 
 from __future__ import annotations
 
@@ -76,6 +76,42 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_metrics(args) -> int:
+    import json
+    import time
+
+    from gemma_serving.telemetry import snapshot
+
+    config = load_config(args.config)
+    routers = args.router_metrics or [f"http://{config.router.host}:{config.telemetry.metrics_port}/metrics"]
+    engines = args.engine_metrics or snapshot.ray_metrics_urls(Path(args.ray_discovery_file))
+
+    def scrape_all():
+        texts = [snapshot.scrape(url) for url in routers]
+        for url in engines:  # a node without replicas or a restarting agent must not hide the router's numbers
+            try:
+                texts.append(snapshot.scrape(url))
+            except OSError as exc:
+                print(f"warning: engine metrics at {url} unreadable: {exc}", file=sys.stderr)
+        return snapshot.parse(texts)
+
+    samples = scrape_all()
+    if args.window > 0:
+        time.sleep(args.window)
+        samples = snapshot.delta(samples, scrape_all())
+    summary = snapshot.summarize(samples)
+    if args.json:
+        text = json.dumps({"window_s": args.window or None, "services": summary}, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+            print(f"wrote {args.json}")
+    if args.json != "-":
+        print(snapshot.format_table(summary))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from gemma_serving.api import inference_pb2 as pb
     from gemma_serving.client import GemmaClient, audio_part, image_part, message
@@ -124,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="audio file to send with the prompt")
     p.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     p.add_argument("--max-tokens", type=int, default=32)
+    p = add("metrics", _cmd_metrics, "print a per-service metrics summary (requests, success, latency, KV cache, "
+            "quality)", config=True)
+    p.add_argument("--router-metrics", action="append", help="router /metrics URL (repeat for several; default "
+                   "from the config's router.host and telemetry.metrics_port)")
+    p.add_argument("--engine-metrics", action="append", help="Ray metrics export URL of a node (repeat; default: "
+                   "every node in Ray's Prometheus service-discovery file)")
+    p.add_argument("--ray-discovery-file", default="/tmp/ray/prom_metrics_service_discovery.json",
+                   help="Ray's Prometheus service-discovery file, listing each node's metrics export address")
+    p.add_argument("--window", type=float, default=0.0,
+                   help="seconds between two scrapes: counters and percentiles over that window (0: since start)")
+    p.add_argument("--json", help="also write the summary as JSON to this file ('-': JSON only, on stdout)")
     p = add("demo", _cmd_demo, "send one text, one image+text and one audio+text request", target=True)
     p.add_argument("--max-tokens", type=int, default=24)
     return parser

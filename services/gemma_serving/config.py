@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gemma_serving.errors import InvalidRequest
+from gemma_serving.observability_config import HealthProbeSettings, QualitySettings, SaturationTargets
 from gemma_serving.security_config import SecuritySettings
 
 
@@ -142,6 +143,16 @@ class AutoscalingSettings(Strict):
     target_ongoing_requests: float = Field(8, gt=0, description="Ongoing requests per replica the autoscaler aims at.")
     upscale_delay_s: float = Field(10, ge=0, description="Sustained demand needed before adding replicas.")
     downscale_delay_s: float = Field(300, ge=0, description="Sustained idleness needed before removing replicas.")
+    # Which signal scales the service (observability_config.py).
+    policy: Literal["ongoing_requests", "engine_saturation"] = Field(
+        "ongoing_requests",
+        description="ongoing_requests: Serve's default (target_ongoing_requests per replica). engine_saturation: "
+        "the engines' own KV-cache usage and waiting requests against `saturation` (a Ray Serve custom policy fed "
+        "by each replica's record_autoscaling_stats); falls back to ongoing requests while no engine reports.",
+    )
+    saturation: SaturationTargets = Field(
+        default_factory=SaturationTargets, description="Targets of the engine_saturation policy."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSettings:
@@ -174,6 +185,9 @@ class DeploymentSettings(Strict):
         "event-loop pass (one engine step) to each router as one message; above 0 a replica also holds later deltas "
         "up to this long to merge more (fewer messages, coarser streams). A stream's first and last deltas always go "
         "at once.",
+    )
+    health_probe: HealthProbeSettings = Field(
+        default_factory=HealthProbeSettings, description="Short-generation health probe of each replica."
     )
 
 
@@ -248,6 +262,17 @@ class TelemetrySettings(Strict):
     service_name: str = Field("gemma-serving", min_length=1, description="service.name resource attribute.")
     export_delay_ms: int = Field(5000, gt=0, le=60000, description="Batch span export interval.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus scrape port of each router (0 = any).")
+    # Engine metrics and quality scores (observability_config.py).
+    engine_metrics: bool = Field(
+        True,
+        description="Export vLLM's own engine metrics (KV cache, queue, preemptions, TTFT/ITL as the engine sees "
+        "them) and replica memory through Ray's metrics agent (ray_vllm_*, ray_gemma_serving_replica_*), labelled "
+        "by service, model and replica. Off: no export; vLLM computes statistics only for a service whose "
+        "autoscaling policy is engine_saturation (else none at all, no per-step stats work).",
+    )
+    quality: QualitySettings = Field(
+        default_factory=QualitySettings, description="Sampled quality scores of finished answers (off by default)."
+    )
 
 
 class ServingConfig(Strict):
@@ -270,6 +295,13 @@ class ServingConfig(Strict):
         with_adapters = [k.value for k, s in self.services.items() if s.model.adapters and k is not ServiceKind.TEXT]
         if with_adapters:
             raise ValueError(f"LoRA adapters are supported on the text service only, not on {', '.join(with_adapters)}")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_is_served(self) -> ServingConfig:
+        judge = self.telemetry.quality.judge_model
+        if judge is not None and self.service_for_model(judge) is None:
+            raise ValueError(f"telemetry.quality.judge_model '{judge}' is not a served model")
         return self
 
     def service_for_model(self, model_name: str) -> ServiceKind | None:

@@ -30,7 +30,10 @@ def platform_config(otlp_receiver):
     data["router"]["http_port"] = 0
     # Every span exported quickly to the loopback receiver; metrics on a free port.
     data["telemetry"] = {"otlp_endpoint": otlp_receiver.endpoint, "sampling_ratio": 1.0, "export_delay_ms": 200,
-                         "metrics_port": 0}
+                         "metrics_port": 0,
+                         # Quality scores of every tiny-lora answer, none of the base model's (test_engine_observability).
+                         "quality": {"sample_ratio_by_model": {"gemma-3-tiny:tiny-lora": 1},
+                                     "scorers": ["repetition", "length", "json_valid"]}}
     # Small admission limits on text so the overload test can exceed them: 64 in the replica + 16 queued per router.
     data["services"]["text"]["deployment"].update(max_ongoing_requests=64, max_queued_requests=16)
     from gemma_serving.config import parse_config

@@ -29,6 +29,7 @@ class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATUS_STARTING: _ClassVar[ModelStatus]
     MODEL_STATUS_UNAVAILABLE: _ClassVar[ModelStatus]
     MODEL_STATUS_SCALED_TO_ZERO: _ClassVar[ModelStatus]
+    MODEL_STATUS_DEGRADED: _ClassVar[ModelStatus]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -43,6 +44,7 @@ MODEL_STATUS_READY: ModelStatus
 MODEL_STATUS_STARTING: ModelStatus
 MODEL_STATUS_UNAVAILABLE: ModelStatus
 MODEL_STATUS_SCALED_TO_ZERO: ModelStatus
+MODEL_STATUS_DEGRADED: ModelStatus
 
 class Image(_message.Message):
     __slots__ = ("data", "mime_type")

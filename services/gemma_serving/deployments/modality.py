@@ -20,6 +20,8 @@ from opentelemetry.trace import Status, StatusCode
 
 from gemma_serving.config import SERVICE_MODALITIES, ModelConfig, ServiceConfig, ServiceKind, TelemetrySettings
 from gemma_serving.deltas.publisher import DeltaPublisher
+from gemma_serving.deployments.engine_metrics import attach_engine_metrics
+from gemma_serving.deployments.health_probe import PROBE_REQUEST_PREFIX, EngineProbe, ProbeReport, ProbeVerdict
 from gemma_serving.deployments.streaming import coalesce
 from gemma_serving.engines.base import Engine
 from gemma_serving.engines.types import (
@@ -97,7 +99,14 @@ class ModalityDeployment:
         self._tracer = self._tracer_provider.get_tracer(__name__)
         path = await asyncio.to_thread(checkpoint_resolver, self.config.model.source)
         self.engine = engine_factory(self.kind, self.config.model, path)
+        # Before start(): vLLM takes its stat loggers when the engine is built.
+        memory = attach_engine_metrics(
+            self.engine, self.kind.value, self.config.model.name, export=settings.engine_metrics,
+            track_load=self.config.deployment.autoscaling.policy == "engine_saturation",
+        )
         await self.engine.start()
+        self._memory_sampling = asyncio.create_task(memory.run()) if memory is not None else None
+        self._probe = EngineProbe(self.engine, self.config.model.name, self.config.deployment.health_probe)
         # LoRA adapters: loaded on first use through Serve model multiplexing (an LRU of max_cpu_loras per replica;
         # the router sends the adapter as the multiplexed model id, so requests prefer replicas that have it).
         self._resolve_adapter = checkpoint_resolver
@@ -159,7 +168,9 @@ class ModalityDeployment:
             "kind": self.kind.value,
             "model": self.config.model.name,
             "engine_start_seconds": getattr(self.engine, "start_seconds", None),
-            "in_flight": len(getattr(self.engine, "in_flight", ())),
+            # User requests only: a health probe generation in flight is not one.
+            "in_flight": sum(not r.startswith(PROBE_REQUEST_PREFIX) for r in getattr(self.engine, "in_flight", ())),
+            "engine_load": await self.record_autoscaling_stats(),
             "adapters": {"loaded": sorted(getattr(self, "loaded_adapters", ())),
                          "loads": dict(getattr(self, "adapter_loads", {})),
                          "multiplexing": "local" if isinstance(getattr(self, "_load_adapter", None),
@@ -202,7 +213,28 @@ class ModalityDeployment:
         """Called periodically by Ray Serve; raising marks the replica unhealthy and gets it replaced."""
         await self.engine.check_health()
 
+    async def health_report(self) -> dict:
+        """The router's health probe: raises like check_health when the engine is dead, else the verdict of the
+        short-generation probe (ProbeReport as a dict). Never waits for a generation: probes run in the background,
+        started here at most once per health_probe.interval_s."""
+        await self.engine.check_health()
+        report = self._probe.report() if self.config.deployment.health_probe.enabled else None
+        return (report or ProbeReport(ProbeVerdict.READY)).as_dict()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve's custom autoscaling metrics hook: the engine's KV-cache usage and running / waiting requests at
+        its last step (read by deployments/autoscaling.py); empty until the engine has stepped."""
+        load = getattr(self.engine, "load", None)
+        current = load() if load is not None else None
+        return current.as_stats() if current is not None else {}
+
     async def __del__(self) -> None:
+        memory_sampling = getattr(self, "_memory_sampling", None)
+        if memory_sampling is not None:
+            memory_sampling.cancel()
+        probe = getattr(self, "_probe", None)
+        if probe is not None:
+            probe.stop()
         engine = getattr(self, "engine", None)  # absent when __init__ failed
         if engine is not None:
             await engine.shutdown()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from gemma_serving.config import ModelConfig
+from gemma_serving.engines.engine_load import EngineLoad, EngineLoadTracker
 from gemma_serving.engines.prompts import chat_messages
 from gemma_serving.engines.tool_calls import forced_call_schema
 from gemma_serving.engines.types import Chunk, DecodedAudio, DecodedImage, FinishReason, GenerationRequest
@@ -38,6 +39,8 @@ def engine_args(
         "tensor_parallel_size": settings.tensor_parallel_size,
         "quantization": settings.quantization,
         "kv_cache_dtype": settings.kv_cache_dtype,
+        # vLLM's periodic log lines stay off; given stat loggers (the engine-load tracker, vLLM's Ray Prometheus
+        # logger when engine metrics are exported), vLLM still computes its statistics and hands them over.
         "disable_log_stats": True,
         # llguidance covers the most JSON Schema. Compact JSON: free whitespace costs tokens, and a weak model can
         # spend all of max_tokens on it before closing the object.
@@ -94,6 +97,8 @@ class VllmEngine:
     """One vLLM AsyncLLM serving one model. Not safe to share across event loops."""
 
     def __init__(self, model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...] = ("text",)) -> None:
+        """Callers may append vLLM stat logger factories (e.g. Ray-exported Prometheus metrics) to `stat_loggers`
+        before `start()`."""
         self._model = model
         self._path = model_path
         self._accepts = accepts
@@ -106,6 +111,11 @@ class VllmEngine:
         self._lora_requests: dict[str, Any] = {}
         #: Adapters currently loaded into the engine (add_lora'd and not removed since).
         self.loaded_adapters: set[str] = set()
+        #: Scheduler statistics of the last engine step (the autoscaling signal), fed once its stat logger
+        #: (`load_tracker.stat_logger()`) is among `stat_loggers`.
+        self.load_tracker = EngineLoadTracker()
+        #: vLLM stat logger factories given to AsyncLLM at start.
+        self.stat_loggers: list[Any] = []
 
     async def start(self) -> None:
         # vLLM on CPU fails to start without an explicit KV cache size (NUMA node 0 reports too little memory).
@@ -122,7 +132,8 @@ class VllmEngine:
         if isinstance(fields.get("structured_outputs_config"), dict):
             fields["structured_outputs_config"] = StructuredOutputsConfig(**fields["structured_outputs_config"])
         args = AsyncEngineArgs(**fields)
-        self._llm = AsyncLLM.from_engine_args(args)
+        # No stat loggers: vLLM's statistics stay off (disable_log_stats), no per-step stats work.
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=list(self.stat_loggers) or None)
         self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(self._path))
         self.start_seconds = time.monotonic() - began
         log.info("engine for %s ready in %.1f s", self._model.name, self.start_seconds)
@@ -223,6 +234,14 @@ class VllmEngine:
         self.loaded_adapters.discard(name)
         if lora is not None and self._llm is not None:
             await self._llm.remove_lora(lora.lora_int_id)
+
+    def load(self) -> EngineLoad | None:
+        """Running and waiting requests and KV-cache usage at the engine's last step (None before the first). An
+        engine without requests takes no steps, so its last statistics go stale: idle is reported as empty."""
+        latest = self.load_tracker.latest
+        if latest is not None and not self.in_flight:
+            return EngineLoad(0, 0, 0.0, latest.at)
+        return latest
 
     async def check_health(self) -> None:
         if self._llm is None:

@@ -46,8 +46,9 @@ class Backend(Protocol):
 
     def stream(self, kind: ServiceKind, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]: ...
 
-    async def probe(self, kind: ServiceKind) -> None:
-        """Return if the service's engine is healthy; raise otherwise."""
+    async def probe(self, kind: ServiceKind) -> dict | None:
+        """Raise if the service's engine is unhealthy; else its short-generation probe report (verdict, latency_s)
+        or None (healthy, no report)."""
 
 
 def translate_ray_error(exc: BaseException) -> BaseException:
@@ -95,7 +96,7 @@ class DeltaChannelBackend:
         start_call: CallStarter,
         subscriber: DeltaSubscriber,
         *,
-        probe: Callable[[ServiceKind], Awaitable[None]],
+        probe: Callable[[ServiceKind], Awaitable[dict | None]],
         max_wait_for_replica_s: dict[ServiceKind, float] | None = None,
         on_retry: Callable[[ServiceKind], None] | None = None,
         translate: Callable[[BaseException], BaseException] = lambda exc: exc,
@@ -107,9 +108,9 @@ class DeltaChannelBackend:
         self._on_retry = on_retry or (lambda kind: None)
         self._translate = translate
 
-    async def probe(self, kind: ServiceKind) -> None:
+    async def probe(self, kind: ServiceKind) -> dict | None:
         try:
-            await self._probe(kind)
+            return await self._probe(kind)
         except Exception as exc:
             raise self._translate(exc) from None
 
@@ -239,8 +240,10 @@ class ServeHandleBackend(DeltaChannelBackend):
                          max_wait_for_replica_s=max_wait_for_replica_s, on_retry=on_retry,
                          translate=translate_ray_error)
 
-    async def _check_health(self, kind: ServiceKind) -> None:
-        await self._handles[kind].check_health.remote()
+    async def _check_health(self, kind: ServiceKind) -> dict | None:
+        # The replica times its probe generations on its engine in the background: this call never waits for one
+        # (see deployments/health_probe.py).
+        return await self._handles[kind].health_report.remote()
 
     def _handle(self, kind: ServiceKind, request: GenerationRequest):
         handle = self._handles.get(kind)

@@ -83,11 +83,14 @@ class OpenAISurface:
         ])
 
     async def health(self, http: Request) -> JSONResponse:
-        """200 while the router serves (the gRPC health's overall verdict), else 503 with each service's state;
+        """200 while the router serves (the gRPC health's overall verdict; status "degraded" when a service's probe
+        generations are slow), else 503 with each service's state;
         for HTTP load balancers and tools that probe `/health` like vLLM's server."""
         states = {k.value: v.value for k, v in self._health.states.items()} if self._health else {}
         if self._health is None or self._health.serving():
-            return JSONResponse({"status": "serving", "services": states})
+            # Degraded (slow probe generations) still serves: 200, and the JSON says so.
+            degraded = self._health is not None and bool(self._health.degraded())
+            return JSONResponse({"status": "degraded" if degraded else "serving", "services": states})
         return JSONResponse({"status": "draining" if self._health.draining else "not_serving", "services": states},
                             status_code=503)
 

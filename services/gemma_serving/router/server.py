@@ -25,6 +25,7 @@ from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
+from gemma_serving.router.quality import with_quality_sampling
 from gemma_serving.router.servicer import InferenceServicer
 from gemma_serving.router.tls import server_credentials
 from gemma_serving.telemetry.metrics import RouterMetrics
@@ -65,7 +66,9 @@ async def start_grpc_server(
     """Start the Inference, grpc.health.v1 and reflection services on the configured address."""
     metrics = metrics or RouterMetrics()
     tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
-    pipeline = InferencePipeline(config, backend, tracer=tracer, metrics=metrics)
+    # Sampled answers are scored off the token path; unsampled requests get the backend's own stream.
+    pipeline = InferencePipeline(config, with_quality_sampling(config, backend, metrics), tracer=tracer,
+                                 metrics=metrics)
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -77,7 +80,8 @@ async def start_grpc_server(
         maximum_concurrent_rpcs=config.router.max_concurrent_rpcs,
     )
     health_servicer = health.aio.HealthServicer()
-    service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s)
+    service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s,
+                                   metrics=metrics)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(config, pipeline, service_health), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
