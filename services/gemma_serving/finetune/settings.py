@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gemma_serving.config import ADAPTER_NAME_PATTERN
 from gemma_serving.errors import InvalidRequest
 
 GUIDE_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -119,7 +120,7 @@ class FinetuneJob(_Strict):
     )
     dataset: str = Field(..., min_length=1, description="JSONL conversations: a local path or gs://... (mount).")
     adapter_name: str = Field(
-        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Name the adapter is registered under."
+        ..., pattern=ADAPTER_NAME_PATTERN, description="Name the adapter is registered under."
     )
     output: str = Field(
         ..., min_length=1, description="Adapter directory to write: a local path or gs://<bucket>/<path> (mount)."
