@@ -1,0 +1,97 @@
+"""The `gemma-serving finetune` and `adapters` commands without Ray: a job from the platform config (defaults next
+to the registry), in-process training (--no-ray), registration through a real in-process router, and the Ray Train
+scaling options."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+
+import grpc
+import pytest
+import yaml
+from gemma_serving.api import inference_pb2 as pb
+from gemma_serving.api import inference_pb2_grpc as pb_grpc
+from gemma_serving.cli import main
+from gemma_serving.config import ServiceKind, parse_config
+from gemma_serving.errors import InvalidRequest
+from gemma_serving.finetune.command import build_job, default_output
+from gemma_serving.finetune.ray_job import scaling_options
+from gemma_serving.finetune.settings import WorkerSettings
+
+from tests.unit.conftest import CONFIG, start_router
+from tests.unit.test_finetune_training import ANSWER, OVERFIT, PROMPTS
+from tests.unit.test_live_adapters import RegistryFakeEngine
+
+
+def platform(tmp_path, model_source="/m/t"):
+    data = copy.deepcopy(CONFIG)
+    data["router"]["http_port"] = None
+    data["services"]["text"]["model"].update(source=model_source, adapter_registry=str(tmp_path / "registry"))
+    return data
+
+
+def test_job_defaults_to_the_text_model_and_a_directory_next_to_the_registry(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = build_job(parse_config(platform(tmp_path)), dataset="data.jsonl", adapter="a1")
+    assert (job.model_name, job.model_source) == ("text-model", "/m/t")
+    assert job.dataset == str(tmp_path / "data.jsonl")  # absolute: workers do not share our working directory
+    assert job.output == str(tmp_path / "registry" / "a1")
+    assert default_output("gs://bucket/adapters/", "a1") == "gs://bucket/adapters/a1"
+    with pytest.raises(InvalidRequest, match="adapters can be trained for the text model only"):
+        build_job(parse_config(platform(tmp_path)), dataset="d", adapter="a", model="vision-model")
+    with pytest.raises(InvalidRequest, match="--output is required"):
+        default_output(None, "a")
+
+
+def test_scaling_uses_gpus_when_the_cluster_has_them_and_the_accelerator_resource():
+    assert scaling_options(WorkerSettings(), cluster_gpus=0) == {
+        "num_workers": 1, "use_gpu": False, "resources_per_worker": {"CPU": 1}}
+    on_gpus = scaling_options(WorkerSettings(num_workers=2, accelerator_type="nvidia-l4"), cluster_gpus=4)
+    assert on_gpus["use_gpu"] is True and on_gpus["num_workers"] == 2
+    assert on_gpus["resources_per_worker"] == {"CPU": 1, "GPU": 1, "accelerator:nvidia-l4": 0.001}
+    assert scaling_options(WorkerSettings(use_gpu=False), cluster_gpus=4)["use_gpu"] is False
+
+
+async def test_finetune_command_trains_in_process_and_adapters_register_serves_it(tmp_path, capsys):
+    import torch
+    from gemma_serving.models.build import build_model
+
+    torch.set_num_threads(1)
+    model_dir = build_model("text", tmp_path / "models", lambda _: None)
+    data = platform(tmp_path, str(model_dir))
+    config_file = tmp_path / "platform.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p},
+                                                        {"role": "assistant", "content": ANSWER}]}) + "\n"
+                               for p in PROMPTS))
+    settings = tmp_path / "ft.yaml"
+    settings.write_text("training: {epochs: 2}\n")
+    args = ["finetune", "--config", str(config_file), "--dataset", str(dataset), "--adapter", "secret",
+            "--settings", str(settings), *[f"--set={o}" for o in OVERFIT if "epochs" not in o], "--no-ray",
+            "--no-register"]
+    assert await asyncio.to_thread(main, args) == 0
+    out = capsys.readouterr().out
+    assert "[finetune] step 4/4" in out and "secret: 4 steps on cpu, loss" in out
+    adapter = tmp_path / "registry" / "secret"
+    assert (adapter / "adapter_model.safetensors").is_file()
+
+    router, backend = await start_router(parse_config(data), lambda: RegistryFakeEngine())
+    target = f"127.0.0.1:{router.port}"
+    try:
+        assert await asyncio.to_thread(main, ["adapters", "register", "secret", str(adapter), "--target", target]) == 0
+        assert "registered adapter secret of text-model" in capsys.readouterr().out
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            await stub.Generate(pb.GenerateRequest(model="text-model", adapter="secret",
+                                                   messages=[pb.Message(role="user", parts=[pb.Part(text="hi")])]))
+        assert backend.engines[ServiceKind.TEXT].events[0][:2] == ("load", "secret")
+        assert await asyncio.to_thread(main, ["adapters", "list", "--target", target]) == 0
+        assert "text-model: secret" in capsys.readouterr().out
+        assert await asyncio.to_thread(main, ["adapters", "unregister", "secret", "--target", target]) == 0
+        assert await asyncio.to_thread(main, ["adapters", "unregister", "secret", "--target", target]) == 1
+        assert "error: NOT_FOUND: adapter 'secret' is not registered" in capsys.readouterr().err
+    finally:
+        await router.drain_and_stop(0)
