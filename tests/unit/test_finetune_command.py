@@ -95,3 +95,31 @@ async def test_finetune_command_trains_in_process_and_adapters_register_serves_i
         assert "error: NOT_FOUND: adapter 'secret' is not registered" in capsys.readouterr().err
     finally:
         await router.drain_and_stop(0)
+
+
+def test_the_ray_train_worker_function_reports_every_step_and_returns_the_report(tmp_path, monkeypatch, capsys):
+    train = pytest.importorskip("ray.train", reason="ray[train] is not installed", exc_type=ImportError)  # no cluster: report is faked
+    import torch
+    from gemma_serving.finetune.ray_job import train_loop_per_worker
+    from gemma_serving.finetune.training import TrainingReport
+    from gemma_serving.models.build import build_model
+
+    class Context:
+        def get_world_rank(self):
+            return 0
+
+    reported = []
+    monkeypatch.setattr(train, "report", lambda metrics, **_: reported.append(metrics))
+    monkeypatch.setattr(train, "get_context", Context)
+    torch.set_num_threads(1)
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
+                                                {"role": "assistant", "content": ANSWER}]}) + "\n")
+    job = build_job(parse_config(platform(tmp_path, str(build_model("text", tmp_path / "m", lambda _: None)))),
+                    dataset=str(dataset), adapter="w", settings=None)
+    job = job.model_copy(update={"settings": job.settings.model_validate(
+        {"training": {"epochs": 3, "gradient_accumulation_steps": 1, "warmup_steps": 0}})})
+    returned = train_loop_per_worker({"job": job.model_dump(mode="json")})
+    assert [m["step"] for m in reported] == [1, 2, 3] and all(m["total_steps"] == 3 for m in reported)
+    assert TrainingReport(**returned).losses == [m["loss"] for m in reported]  # what run_finetune rebuilds
+    assert "[finetune] w: step 3/3" in capsys.readouterr().out

@@ -10,6 +10,7 @@ to the driver's console.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import asdict
 from typing import Any
@@ -46,8 +47,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         # Every worker reports (Ray Train synchronises reports across workers); the first one prints.
         ray.train.report({"step": step.step, "total_steps": step.total_steps, "loss": step.loss,
                           "epoch": step.epoch, "eta_s": step.eta_s})
-        if first:
-            print(f"[finetune] {job.adapter_name}: {step.line()}", flush=True)
+        if first:  # straight to stdout (Ray forwards it to the driver); Train's print patch would only log it
+            sys.stdout.write(f"[finetune] {job.adapter_name}: {step.line()}\n")
+            sys.stdout.flush()
 
     return asdict(train_adapter(job, progress))
 
