@@ -123,3 +123,20 @@ def test_the_ray_train_worker_function_reports_every_step_and_returns_the_report
     assert [m["step"] for m in reported] == [1, 2, 3] and all(m["total_steps"] == 3 for m in reported)
     assert TrainingReport(**returned).losses == [m["loss"] for m in reported]  # what run_finetune rebuilds
     assert "[finetune] w: step 3/3" in capsys.readouterr().out
+
+
+def test_the_job_joins_the_given_cluster_then_ray_address_then_the_local_platform(tmp_path, monkeypatch):
+    import os
+
+    from gemma_serving.finetune.ray_job import cluster_address
+    from gemma_serving.local import RAY_ADDRESS_FILE
+
+    monkeypatch.setenv("GEMMA_SERVING_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cluster_address() == "auto"  # no platform running here
+    (tmp_path / RAY_ADDRESS_FILE).write_text("10.0.0.5:6379\n")
+    (tmp_path / "serve.pid").write_text(str(os.getpid()))  # a live process stands in for `gemma-serving serve`
+    assert cluster_address() == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "ray-head:6379")
+    assert cluster_address() == "ray-head:6379"
+    assert cluster_address("other:6379") == "other:6379"

@@ -54,14 +54,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     return asdict(train_adapter(job, progress))
 
 
+def cluster_address(address: str | None = None) -> str:
+    """Which Ray cluster to join: `address`, else RAY_ADDRESS (set inside a KubeRay RayJob), else the cluster of
+    `gemma-serving up` on this machine, else Ray's own discovery ("auto": a `ray start` cluster)."""
+    from gemma_serving.local import local_ray_address
+
+    return address or os.environ.get("RAY_ADDRESS") or local_ray_address() or "auto"
+
+
 def connect(address: str | None = None) -> None:
-    """Join the running Ray cluster (`address`, else RAY_ADDRESS, else the local one) unless already connected."""
+    """Join the running Ray cluster (see `cluster_address`) unless this process is connected already."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", logging_level="WARNING")
+    ray.init(address=cluster_address(address), logging_level="WARNING")
 
 
 def run_finetune(job: FinetuneJob, *, address: str | None = None) -> TrainingReport:
