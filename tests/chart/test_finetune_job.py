@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import json
 import shlex
-from pathlib import Path
 
 import helm_python as helm
 import jsonschema
@@ -19,8 +18,17 @@ from gemma_serving.config import parse_config
 from gemma_serving.finetune.settings import parse_settings
 from referencing import Registry, Resource
 
-from tests.chart.chartlib import KUBE_VERSION, REPO, SCHEMAS, _kube_definitions, find, objects, rayservice, render
-from tests.chart.chartlib import validate_pod_template
+from tests.chart.chartlib import (
+    KUBE_VERSION,
+    REPO,
+    SCHEMAS,
+    _kube_definitions,
+    find,
+    objects,
+    rayservice,
+    render,
+    validate_pod_template,
+)
 
 REGISTRY = "gs://my-project-gemma-models/adapters/gemma-3-4b-it"
 ON = {

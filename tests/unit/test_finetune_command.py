@@ -97,20 +97,14 @@ async def test_finetune_command_trains_in_process_and_adapters_register_serves_i
         await router.drain_and_stop(0)
 
 
-def test_the_ray_train_worker_function_reports_every_step_and_returns_the_report(tmp_path, monkeypatch, capsys):
-    train = pytest.importorskip("ray.train", reason="ray[train] is not installed", exc_type=ImportError)  # no cluster: report is faked
+def test_the_ray_train_job_runs_in_ray_trains_local_mode_and_returns_the_report(tmp_path, capsys):
+    # Ray Train's local mode (num_workers 0) runs the real TorchTrainer, ray.train.report and get_context in this
+    # process, without a cluster: the same worker function and result path as on the cluster.
+    pytest.importorskip("ray.train", reason="ray[train] is not installed", exc_type=ImportError)
     import torch
-    from gemma_serving.finetune.ray_job import train_loop_per_worker
-    from gemma_serving.finetune.training import TrainingReport
+    from gemma_serving.finetune.ray_job import fit
     from gemma_serving.models.build import build_model
 
-    class Context:
-        def get_world_rank(self):
-            return 0
-
-    reported = []
-    monkeypatch.setattr(train, "report", lambda metrics, **_: reported.append(metrics))
-    monkeypatch.setattr(train, "get_context", Context)
     torch.set_num_threads(1)
     dataset = tmp_path / "data.jsonl"
     dataset.write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
@@ -118,11 +112,13 @@ def test_the_ray_train_worker_function_reports_every_step_and_returns_the_report
     job = build_job(parse_config(platform(tmp_path, str(build_model("text", tmp_path / "m", lambda _: None)))),
                     dataset=str(dataset), adapter="w", settings=None)
     job = job.model_copy(update={"settings": job.settings.model_validate(
-        {"training": {"epochs": 3, "gradient_accumulation_steps": 1, "warmup_steps": 0}})})
-    returned = train_loop_per_worker({"job": job.model_dump(mode="json")})
-    assert [m["step"] for m in reported] == [1, 2, 3] and all(m["total_steps"] == 3 for m in reported)
-    assert TrainingReport(**returned).losses == [m["loss"] for m in reported]  # what run_finetune rebuilds
-    assert "[finetune] w: step 3/3" in capsys.readouterr().out
+        {"training": {"epochs": 3, "gradient_accumulation_steps": 1, "warmup_steps": 0},
+         "workers": {"storage_path": str(tmp_path / "runs")}})})
+    report = fit(job, {"num_workers": 0})
+    assert report.steps == 3 and len(report.losses) == 3
+    assert (tmp_path / "registry" / "w" / "adapter_model.safetensors").is_file()
+    out = capsys.readouterr().out
+    assert "Ray Train job finetune-w-" in out and "[finetune] w: step 3/3" in out
 
 
 def test_the_job_joins_the_given_cluster_then_ray_address_then_the_local_platform(tmp_path, monkeypatch):

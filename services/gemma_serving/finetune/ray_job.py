@@ -75,20 +75,25 @@ def connect(address: str | None = None) -> None:
 def run_finetune(job: FinetuneJob, *, address: str | None = None) -> TrainingReport:
     """Run `job` as a Ray Train job on the cluster and return the first worker's report."""
     import ray
+
+    connect(address)
+    return fit(job, scaling_options(job.settings.workers, ray.cluster_resources().get("GPU", 0)))
+
+
+def fit(job: FinetuneJob, scaling: dict[str, Any]) -> TrainingReport:
+    """Fit a TorchTrainer over `train_loop_per_worker` with ScalingConfig fields `scaling` (num_workers 0 is Ray
+    Train's local mode: the function runs in this process, no cluster)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    connect(address)
-    workers = job.settings.workers
-    options = scaling_options(workers, ray.cluster_resources().get("GPU", 0))
     name = f"finetune-{job.adapter_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"[finetune] {job.adapter_name}: Ray Train job {name}, {options['num_workers']} worker(s) on "
-          f"{'GPU' if options['use_gpu'] else 'CPU'}", flush=True)
+    print(f"[finetune] {job.adapter_name}: Ray Train job {name}, {scaling['num_workers']} worker(s) on "
+          f"{'GPU' if scaling.get('use_gpu') else 'CPU'}", flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json")},
-        scaling_config=ScalingConfig(**options),
-        run_config=RunConfig(name=name, storage_path=workers.storage_path),
+        scaling_config=ScalingConfig(**scaling),
+        run_config=RunConfig(name=name, storage_path=job.settings.workers.storage_path),
     )
     result = trainer.fit()
     if result.error is not None or not result.return_value:
