@@ -136,3 +136,30 @@ def test_the_job_joins_the_given_cluster_then_ray_address_then_the_local_platfor
     monkeypatch.setenv("RAY_ADDRESS", "ray-head:6379")
     assert cluster_address() == "ray-head:6379"
     assert cluster_address("other:6379") == "other:6379"
+
+
+async def test_the_demo_step_trains_registers_and_asks_base_and_adapter(tmp_path, monkeypatch, capsys):
+    # The flow of `gemma-serving demo`'s last step against a real in-process router (training in-process here;
+    # the demo itself runs it as a Ray Train job). FakeEngine does not apply adapters: the learning itself is
+    # proven by test_finetune_training.py and tests/integration/test_finetune.py.
+    import torch
+    from gemma_serving.finetune.command import DEMO_ADAPTER, DEMO_PROMPTS, demo_finetune
+    from gemma_serving.models.build import build_model
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("GEMMA_SERVING_RUN_DIR", str(tmp_path / "run"))
+    config = parse_config(platform(tmp_path, str(build_model("text", tmp_path / "m", lambda _: None))))
+    router, backend = await start_router(config, lambda: RegistryFakeEngine())
+    try:
+        await asyncio.to_thread(demo_finetune, config, f"127.0.0.1:{router.port}", 8, use_ray=False)
+    finally:
+        await router.drain_and_stop(0)
+    engine = backend.engines[ServiceKind.TEXT]
+    assert engine.events[0][:2] == ("load", DEMO_ADAPTER)
+    assert [r.adapter for r in engine.seen] == ["", DEMO_ADAPTER]
+    assert all(r.sampling.temperature == 0.0 for r in engine.seen)
+    out = capsys.readouterr().out
+    assert f"registered adapter {DEMO_ADAPTER} live" in out and "base text-model:" in out
+    assert f"with adapter {DEMO_ADAPTER}:" in out
+    lines = (tmp_path / "run" / "demo" / "finetune.jsonl").read_text().splitlines()
+    assert [json.loads(line)["messages"][0]["content"] for line in lines] == list(DEMO_PROMPTS)

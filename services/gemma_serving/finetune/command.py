@@ -94,7 +94,7 @@ def finetune_command(args, config: ServingConfig) -> int:
     return 0
 
 
-def demo_finetune(config: ServingConfig, target: str, max_tokens: int) -> None:
+def demo_finetune(config: ServingConfig, target: str, max_tokens: int, *, use_ray: bool = True) -> None:
     """The demo's last step: fine-tune the text model on one answer, register it, ask base and adapter."""
     from gemma_serving.client import GemmaClient, message
 
@@ -109,7 +109,7 @@ def demo_finetune(config: ServingConfig, target: str, max_tokens: int) -> None:
           "job on this cluster ...", flush=True)
     job = build_job(config, dataset=str(dataset), adapter=DEMO_ADAPTER, settings=parse_settings(
         overrides=list(DEMO_OVERRIDES)), overwrite=True)
-    train(job)
+    train(job, use_ray=use_ray)
     question = [message(DEMO_PROMPTS[0])]
     with GemmaClient(target) as client:
         entry = client.register_adapter(served.name, DEMO_ADAPTER, job.output, replace=True)
