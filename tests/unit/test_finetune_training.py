@@ -89,3 +89,18 @@ def test_existing_output_is_refused_without_overwrite(trained):
     job, _, _, _ = trained
     with pytest.raises(InvalidRequest, match="already exists; choose another or set overwrite"):
         train_adapter(job)
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(trained, tmp_path):
+    from gemma_serving.finetune.settings import parse_settings
+    from gemma_serving.finetune.training import train_adapter
+
+    job, _, _, _ = trained
+    short = ["training.epochs=2", *[o for o in OVERFIT if "epochs" not in o]]
+    losses = []
+    for checkpointing in (False, True):
+        settings = parse_settings(overrides=[*short, f"training.gradient_checkpointing={checkpointing}"])
+        run = job.model_copy(update={"output": str(tmp_path / f"gc-{checkpointing}"), "settings": settings})
+        losses.append(train_adapter(run, progress=lambda _: None).losses)
+    assert len(losses[0]) == 4
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)  # recomputing activations changes memory, not math

@@ -146,7 +146,9 @@ def train_adapter(job: FinetuneJob, progress: Callable[[StepProgress], None] | N
             gradient_accumulation_steps=training.gradient_accumulation_steps, num_train_epochs=training.epochs,
             learning_rate=training.learning_rate, warmup_steps=training.warmup_steps,
             lr_scheduler_type=training.lr_scheduler, weight_decay=training.weight_decay, bf16=bf16,
-            gradient_checkpointing=training.gradient_checkpointing, seed=training.seed, data_seed=training.seed,
+            gradient_checkpointing=training.gradient_checkpointing,
+            # Non-reentrant checkpointing works with frozen base weights (no input-grad hook needed for LoRA).
+            gradient_checkpointing_kwargs={"use_reentrant": False}, seed=training.seed, data_seed=training.seed,
             logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, remove_unused_columns=False,
             dataloader_pin_memory=False, use_cpu=not cuda,
         )
