@@ -83,12 +83,14 @@ class EngineSettings(Strict):
         return self
 
 
+#: What an adapter name may look like (config adapters, registered adapters, fine-tuned adapters).
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class AdapterConfig(Strict):
     """A LoRA adapter of a model, chosen per request with GenerateRequest.adapter."""
 
-    name: str = Field(
-        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Name clients put in GenerateRequest.adapter."
-    )
+    name: str = Field(..., pattern=ADAPTER_NAME_PATTERN, description="Name clients put in GenerateRequest.adapter.")
     source: str = Field(
         ...,
         min_length=1,
@@ -117,6 +119,15 @@ class ModelConfig(Strict):
         max_length=256,
         description="LoRA adapters requests may select by name (text models only). Loaded into a replica on first "
         "use, bounded by engine.max_cpu_loras (LRU); requests for an adapter prefer replicas that have it loaded.",
+    )
+    adapter_registry: str | None = Field(
+        None,
+        min_length=1,
+        description="Directory of this model's live adapter registry (text models only): a local path or "
+        "gs://<bucket>/<path> through the GCS FUSE mount, shared by routers and replicas. Admins add and remove "
+        "adapters at run time (Admin.RegisterAdapter / UnregisterAdapter, `gemma-serving adapters`); each is one "
+        "JSON file under <dir>/.registry/, so registrations survive restarts. Fine-tuned adapters are written to "
+        "<dir>/<name>/ by default. None: only `adapters` are served.",
     )
 
     @model_validator(mode="after")
@@ -292,7 +303,8 @@ class ServingConfig(Strict):
             raise ValueError(f"model names must be unique across services, got {names}")
         if not self.services:
             raise ValueError("at least one service must be configured")
-        with_adapters = [k.value for k, s in self.services.items() if s.model.adapters and k is not ServiceKind.TEXT]
+        with_adapters = [k.value for k, s in self.services.items()
+                         if (s.model.adapters or s.model.adapter_registry) and k is not ServiceKind.TEXT]
         if with_adapters:
             raise ValueError(f"LoRA adapters are supported on the text service only, not on {', '.join(with_adapters)}")
         return self

@@ -88,6 +88,7 @@ def pinned_config(app_name: str, *, text_max_replicas: int = 2, audio_max_replic
     cpu_env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     text = data["services"]["text"]
     text["model"]["adapters"] = []
+    text["model"]["adapter_registry"] = None
     text["model"]["engine"]["max_num_seqs"] = 4  # requests queue in the engine under load
     for kind, accelerator, low, high, down in (("text", L4, 1, text_max_replicas, text_downscale_delay_s),
                                                ("audio", H100, 0, audio_max_replicas, audio_downscale_delay_s)):

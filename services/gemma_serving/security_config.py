@@ -30,6 +30,10 @@ class TenantConfig(_Strict):
         None, gt=0, description="Prompt + completion token quota, charged as tokens stream (null: unlimited)."
     )
     max_concurrent_streams: int | None = Field(None, gt=0, description="Requests in flight at once (null: no cap).")
+    admin: bool = Field(
+        False, description="May call the Admin service (register / unregister LoRA adapters). With auth disabled "
+        "every caller may (there is no identity to check).",
+    )
 
 
 class TlsSettings(_Strict):

@@ -24,8 +24,10 @@ def otlp_receiver():
 
 
 @pytest.fixture(scope="package")
-def platform_config(otlp_receiver):
+def platform_config(otlp_receiver, tmp_path_factory):
     data = load_config().model_dump(mode="json")
+    # A registry of this session's own (test_finetune registers into it), not the demo's in the home directory.
+    data["services"]["text"]["model"]["adapter_registry"] = str(tmp_path_factory.mktemp("adapter-registry"))
     data["router"]["port"] = 0
     data["router"]["http_port"] = 0
     # Every span exported quickly to the loopback receiver; metrics on a free port.

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from gemma_serving.adapter_registry import AdapterRegistry
 from gemma_serving.config import SERVICE_MODALITIES, ModelConfig, ServiceConfig, ServiceKind, TelemetrySettings
 from gemma_serving.deltas.publisher import DeltaPublisher
 from gemma_serving.deployments.engine_metrics import attach_engine_metrics
@@ -111,6 +112,8 @@ class ModalityDeployment:
         # the router sends the adapter as the multiplexed model id, so requests prefer replicas that have it).
         self._resolve_adapter = checkpoint_resolver
         self._adapter_sources = {a.name: a.source for a in self.config.model.adapters}
+        registry = self.config.model.adapter_registry
+        self._registry = AdapterRegistry(registry) if registry else None  # adapters registered at run time
         self.loaded_adapters: set[str] = set()
         self.adapter_loads: dict[str, int] = {}
         self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
@@ -145,7 +148,7 @@ class ModalityDeployment:
         )
         try:
             if request.adapter:
-                await self._load_adapter(request.adapter)
+                await self._use_adapter(request.adapter)
             if _has_media(request):
                 request = await asyncio.to_thread(decode_media, request, self.accepts)
             request = dataclasses.replace(request, trace_context=inject(trace.set_span_in_context(span)))
@@ -177,12 +180,35 @@ class ModalityDeployment:
                                                                LocalMultiplexer) else "serve"},
         }
 
+    async def _use_adapter(self, name: str) -> None:
+        """Have adapter `name` loaded for the request; a registered adapter registered again since it was loaded
+        (new weights, new LoRA id) is loaded again."""
+        loaded = await self._load_adapter(name)
+        if self._registry is None or name in self._adapter_sources:
+            return
+        if not self._registry.is_fresh():
+            await asyncio.to_thread(self._registry.entries)  # storage I/O off the event loop
+        entry = self._registry.get(name)
+        if entry is None:
+            raise InvalidRequest(f"adapter '{name[:64]}' is not registered for model {self.config.model.name}",
+                                 field="adapter")
+        if entry.lora_id != loaded.lora_id:
+            loaded.lora_id = (await self._activate_adapter(name)).lora_id
+
+    async def _adapter_source(self, name: str) -> tuple[str, int | None]:
+        """A configured adapter's source (its LoRA id is its position), or a registered one's source and id."""
+        source = self._adapter_sources.get(name)
+        if source is not None:
+            return source, None
+        entry = await asyncio.to_thread(self._registry.read, name) if self._registry is not None else None
+        if entry is None:  # the router validates adapters; this guards direct handle calls
+            raise InvalidRequest(f"adapter '{name[:64]}' is not configured or registered for model "
+                                 f"{self.config.model.name}", field="adapter")
+        return entry.source, entry.lora_id
+
     async def _activate_adapter(self, name: str) -> LoadedAdapter:
         """Multiplexing's load function: resolve adapter `name` and load it into the engine."""
-        source = self._adapter_sources.get(name)
-        if source is None:  # the router validates adapters; this guards direct handle calls
-            raise InvalidRequest(f"adapter '{name[:64]}' is not configured for model {self.config.model.name}",
-                                 field="adapter")
+        source, lora_id = await self._adapter_source(name)
         load = getattr(self.engine, "load_adapter", None)
         if load is None:
             raise InvalidRequest(f"the {self.kind.value} engine does not serve adapters", field="adapter")
@@ -192,7 +218,7 @@ class ModalityDeployment:
                       path, source)
             raise GemmaServingError(f"adapter '{name}' of model {self.config.model.name} is missing on the server")
         began = time.monotonic()
-        await load(name, Path(path))
+        await (load(name, Path(path)) if lora_id is None else load(name, Path(path), lora_id))
         log.info("adapter %s of %s loaded in %.2f s", name, self.config.model.name, time.monotonic() - began)
         self.loaded_adapters.add(name)
         self.adapter_loads[name] = self.adapter_loads.get(name, 0) + 1
@@ -207,7 +233,7 @@ class ModalityDeployment:
             except Exception:
                 log.warning("adapter %s of %s failed to unload", name, self.config.model.name, exc_info=True)
 
-        return LoadedAdapter(name, unload)
+        return LoadedAdapter(name, unload, lora_id)
 
     async def check_health(self) -> None:
         """Called periodically by Ray Serve; raising marks the replica unhealthy and gets it replaced."""
@@ -250,8 +276,9 @@ class LoadedAdapter:
     """The multiplexed "model" for one adapter on a replica. The LRU awaits its `__del__` when evicting it; that is
     an instance attribute, so the garbage collector (which looks `__del__` up on the type) never calls it."""
 
-    def __init__(self, name: str, unload: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, name: str, unload: Callable[[], Awaitable[None]], lora_id: int | None = None) -> None:
         self.name = name
+        self.lora_id = lora_id  # a registered adapter's id (None for configured ones)
         self.__del__ = unload
 
 

@@ -49,7 +49,7 @@ def engine_args(
     limits = {kind: 4 if kind == "image" else 2 for kind in accepts if kind != "text"}
     if limits:
         args["limit_mm_per_prompt"] = limits
-    if model.adapters:
+    if model.adapters or model.adapter_registry:
         args.update(lora_args(model, cpu=cpu))
     args.update(settings.extra_args)
     return args
@@ -64,8 +64,10 @@ def lora_args(model: ModelConfig, *, cpu: bool) -> dict[str, Any]:
         # -1, which selects the LAST adapter slot: once every slot holds an adapter, base-model requests batched with
         # adapter requests silently get that adapter applied (vllm-project/vllm PR #48421, open). Slots fill from the
         # first free one and a model has len(adapters) adapter ids, so one slot more than adapters keeps the last
-        # slot empty (zeros) for good. GPU kernels skip index -1 and need no headroom.
-        max_loras = max(max_loras, len(model.adapters) + 1)
+        # slot empty (zeros) for good. GPU kernels skip index -1 and need no headroom. With a live registry the
+        # names are open-ended, but a replica holds at most max_cpu_loras at once (its LRU unloads beyond).
+        in_use = settings.max_cpu_loras if model.adapter_registry else len(model.adapters)
+        max_loras = max(max_loras, in_use + 1)
     return {
         "enable_lora": True,
         "max_loras": max_loras,
@@ -206,18 +208,23 @@ class VllmEngine:
         if self._llm is not None:
             await self._llm.abort(request_id)
 
-    async def load_adapter(self, name: str, path: Path) -> None:
-        """Load the configured LoRA adapter `name` from the PEFT directory `path` into the engine (host memory,
-        bounded by max_cpu_loras); requests naming it then run with it. Idempotent."""
+    async def load_adapter(self, name: str, path: Path, lora_id: int | None = None) -> None:
+        """Load LoRA adapter `name` from the PEFT directory `path` into the engine (host memory, bounded by
+        max_cpu_loras); requests naming it then run with it. `lora_id`: a registered adapter's id (from the
+        registry); configured adapters use their position in model.adapters. Idempotent."""
         from vllm.lora.request import LoRARequest
 
         if self._llm is None:
             raise EngineDead(f"engine for {self._model.name} is not started")
         ids = {a.name: i for i, a in enumerate(self._model.adapters, start=1)}
-        if name not in ids:
+        if lora_id is None and name not in ids:
             raise InvalidRequest(f"adapter '{name[:64]}' is not configured for model {self._model.name}",
                                  field="adapter")
-        lora = LoRARequest(lora_name=name, lora_int_id=ids[name], lora_path=str(path), base_model_name=self._model.name)
+        previous = self._lora_requests.get(name)
+        lora = LoRARequest(lora_name=name, lora_int_id=lora_id or ids[name], lora_path=str(path),
+                           base_model_name=self._model.name)
+        if previous is not None and previous.lora_int_id != lora.lora_int_id:
+            await self._llm.remove_lora(previous.lora_int_id)  # registered again with new weights
         try:
             await self._llm.add_lora(lora)
         except Exception as exc:

@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from gemma_serving.config import ServingConfig
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.errors import DeadlineExceeded, GemmaServingError
+from gemma_serving.router.adapters import AdapterCatalog
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.backends import Backend
 from gemma_serving.router.tenancy import Tenancy
@@ -51,12 +52,13 @@ class InferencePipeline:
     """Authentication, validation, admission, routing, deadlines, tracing, metrics and logs around a Backend."""
 
     def __init__(self, config: ServingConfig, backend: Backend, *, tracer: trace.Tracer, metrics: RouterMetrics,
-                 tenancy: Tenancy | None = None) -> None:
+                 tenancy: Tenancy | None = None, adapters: AdapterCatalog | None = None) -> None:
         self._config = config
         self._backend = backend
         self._tracer = tracer
         self._metrics = metrics
         self.tenancy = tenancy or Tenancy(config)
+        self.adapters = adapters or AdapterCatalog(config)  # configured + registered LoRA adapters
         self._models = {s.model.name for s in config.services.values()}
         self._log = configure_request_logging()
 
@@ -82,7 +84,7 @@ class InferencePipeline:
             tenant = self.tenancy.authenticate(credentials)
             p.tenant = tenant.id
             span.set_attribute(attr.TENANT, tenant.id)
-            kind, request = validate_request(request, self._config)
+            kind, request = validate_request(request, self._config, self.adapters)
             p.service = kind.value
             self.tenancy.admit(tenant, request, p.service)
             admitted = True

@@ -17,10 +17,13 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
+from gemma_serving.api import admin_pb2 as admin_pb
+from gemma_serving.api import admin_pb2_grpc as admin_grpc
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
 from gemma_serving.deltas.subscriber import DeltaSubscriber
+from gemma_serving.router.admin import AdminServicer
 from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
@@ -83,8 +86,10 @@ async def start_grpc_server(
     service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s,
                                    metrics=metrics)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(config, pipeline, service_health), server)
+    admin_grpc.add_AdminServicer_to_server(AdminServicer(pipeline.tenancy, pipeline.adapters), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME,
+             admin_pb.DESCRIPTOR.services_by_name["Admin"].full_name)
     reflection.enable_server_reflection(names, server)
     assert names[0] == INFERENCE_SERVICE
     address = f"{config.router.host}:{config.router.port}"

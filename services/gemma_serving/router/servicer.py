@@ -123,7 +123,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 context_length=s.model.engine.max_model_len,
                 max_output_tokens=s.model.max_output_tokens,
                 status=MODEL_STATUS_TO_PB[self._health.states[kind]],
-                adapters=[a.name for a in s.model.adapters],
+                adapters=self._pipeline.adapters.names(kind),
             )
             for kind, s in self._config.services.items()
         ]

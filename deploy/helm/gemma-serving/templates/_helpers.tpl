@@ -129,7 +129,7 @@ gemma-serving/config-sha256: {{ toJson .root.Values.config | sha256sum }}
 - name: models
   csi:
     driver: gcsfuse.csi.storage.gke.io
-    readOnly: true
+    readOnly: {{ ne (include "gemma-serving.storageWritable" .) "true" }}
     volumeAttributes:
       bucketName: {{ required "modelStorage.gcsFuse.bucket is required" $ms.gcsFuse.bucket | quote }}
       mountOptions: {{ $ms.gcsFuse.mountOptions | quote }}
@@ -137,7 +137,7 @@ gemma-serving/config-sha256: {{ toJson .root.Values.config | sha256sum }}
 - name: models
   persistentVolumeClaim:
     claimName: {{ required "modelStorage.pvc.claimName is required" $ms.pvc.claimName }}
-    readOnly: true
+    readOnly: {{ ne (include "gemma-serving.storageWritable" .) "true" }}
 {{- else if eq $ms.type "huggingFace" }}
 - name: models
   emptyDir:
@@ -152,7 +152,7 @@ gemma-serving/config-sha256: {{ toJson .root.Values.config | sha256sum }}
 {{- if and .models (ne .root.Values.modelStorage.type "none") }}
 - name: models
   mountPath: {{ .root.Values.modelStorage.mountPath }}
-  readOnly: {{ ne .root.Values.modelStorage.type "huggingFace" }}
+  readOnly: {{ and (ne .root.Values.modelStorage.type "huggingFace") (ne (include "gemma-serving.storageWritable" .) "true") }}
 {{- end }}
 {{- end -}}
 
@@ -223,6 +223,9 @@ imagePullSecrets:
 {{- if and $svc (not ($svc.deployment).accelerator_type) -}}
 {{- $any = true -}}
 {{- end -}}
+{{- end -}}
+{{- if include "gemma-serving.adapterRegistry" . -}}
+{{- $any = true -}}{{/* the router reads and writes the adapter registry (templates/_finetune.tpl) */}}
 {{- end -}}
 {{- $any -}}
 {{- end -}}
