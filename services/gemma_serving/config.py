@@ -191,11 +191,12 @@ class DeploymentSettings(Strict):
         "applies too.",
     )
     stream_flush_ms: float = Field(
-        0, ge=0, le=1000,
-        description="Token path coalescing: 0 sends the deltas of every in-flight request that are ready in one "
-        "event-loop pass (one engine step) to each router as one message; above 0 a replica also holds later deltas "
-        "up to this long to merge more (fewer messages, coarser streams). A stream's first and last deltas always go "
-        "at once.",
+        20, ge=0, le=1000,
+        description="Adaptive coalescing on the token path: after a stream's first delta (sent at once), a replica "
+        "sends that stream's deltas at most once per this many ms; the engine keeps generating meanwhile and its "
+        "deltas are merged (fewer messages and router writes per token, CPU per token falls by the merge factor; "
+        "ITL averages are unchanged). 0: every engine step's delta goes at once. Deltas of all in-flight requests "
+        "ready in one event-loop pass always share one channel message per router.",
     )
     health_probe: HealthProbeSettings = Field(
         default_factory=HealthProbeSettings, description="Short-generation health probe of each replica."
