@@ -209,6 +209,12 @@ class RouterSettings(Strict):
         description="OpenAI-compatible HTTP port (0 picks a free one; null disables it). Not 8000 (Ray Serve's "
         "proxy) or 8080 (Ray's metrics export).",
     )
+    http_plaintext_beside_tls: bool = Field(
+        False,
+        description="Serve the HTTP port without TLS although security.tls is set (only behind a proxy that "
+        "terminates TLS and authenticates callers itself). Off: the HTTP port uses the same TLS / mTLS settings "
+        "and client-certificate tenants as the gRPC port.",
+    )
     num_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share the port via SO_REUSEPORT).")
     num_cpus: float = Field(0.25, ge=0, description="Ray CPU bookkeeping per router replica.")
     resources: dict[str, float] = Field(

@@ -24,6 +24,7 @@ from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router import openai_convert as oc
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.health import ServiceHealth
+from gemma_serving.router.http_tls import client_cert_subject
 from gemma_serving.router.pipeline import InferencePipeline, collect
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,8 @@ class OpenAISurface:
 
 
 def _credentials(http: Request) -> Credentials:
-    return Credentials(http.headers.get("authorization"), None, http.client.host if http.client else "unknown")
+    return Credentials(http.headers.get("authorization"), client_cert_subject(http.scope),
+                       http.client.host if http.client else "unknown")
 
 
 async def _first_or_error(stream: AsyncIterator[Chunk]) -> Chunk | None:
@@ -228,8 +230,9 @@ async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: st
     yield "data: [DONE]\n\n"
 
 
-async def start_http_server(app: Starlette, host: str, port: int):
-    """Run uvicorn on the current event loop; returns (server, bound port)."""
+async def start_http_server(app: Starlette, host: str, port: int, options: dict | None = None):
+    """Run uvicorn on the current event loop; returns (server, bound port). `options` are further uvicorn.Config
+    settings (TLS: `router.http_tls.http_tls_options`)."""
     import socket
 
     import uvicorn
@@ -243,7 +246,8 @@ async def start_http_server(app: Starlette, host: str, port: int):
     except OSError as exc:
         sock.close()
         raise RuntimeError(f"router.http_port: cannot listen on {host}:{port}: {exc.strerror}") from None
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                           **(options or {})))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -22,6 +22,7 @@ from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
 from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
+from gemma_serving.router.http_tls import http_tls_options
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
 from gemma_serving.router.servicer import InferenceServicer
@@ -93,6 +94,14 @@ async def start_grpc_server(
     return RouterServer(server, port, service_health, probing, metrics, pipeline)
 
 
+async def start_openai_server(config: ServingConfig, router: RouterServer):
+    """The OpenAI-compatible HTTP surface over the router's pipeline on `router.http_port`, with the gRPC port's TLS
+    / mTLS settings (unless `router.http_plaintext_beside_tls`); returns (uvicorn server, bound port)."""
+    app = OpenAISurface(config, router.pipeline, router.health).app()
+    tls_options = http_tls_options(config.security.tls, plaintext_beside_tls=config.router.http_plaintext_beside_tls)
+    return await start_http_server(app, config.router.host, config.router.http_port, tls_options)
+
+
 class RouterDeployment:
     """Ray Serve replica that owns a grpc.aio server; wrapped with `serve.deployment` by the app builder."""
 
@@ -116,10 +125,7 @@ class RouterDeployment:
         self._replica_counts = asyncio.create_task(_track_replicas(self._config, metrics, self._router.health))
         self._http, self._http_port = None, None
         if self._config.router.http_port is not None:
-            app = OpenAISurface(self._config, self._router.pipeline, self._router.health).app()
-            self._http, self._http_port = await start_http_server(
-                app, self._config.router.host, self._config.router.http_port
-            )
+            self._http, self._http_port = await start_openai_server(self._config, self._router)
         log.info("gRPC router on %s:%d, metrics on :%d", self._config.router.host, self._router.port,
                  self._metrics_port)
 
