@@ -195,6 +195,12 @@ class RequestLimits(Strict):
     max_schema_chars: int = Field(20_000, gt=0, description="JSON text of one tool or response schema.")
     max_choices: int = Field(64, gt=0, le=4096, description="Options of a choice response format.")
     max_batch_size: int = Field(32, gt=0, le=1024, description="Requests in one GenerateBatch call.")
+    max_http_body_bytes: int = Field(
+        64 * 2**20, gt=0, le=2**31,
+        description="Bytes of one HTTP request body (JSON or multipart); larger is refused with 413 before the rest "
+        "is read. The default matches the gRPC message limit.",
+    )
+    max_json_depth: int = Field(64, ge=4, le=1000, description="Nesting depth of an HTTP request's JSON body.")
 
 
 class RouterSettings(Strict):

@@ -37,6 +37,12 @@ class InvalidRequest(GemmaServingError):
     http_status = 400
 
 
+class RequestTooLarge(InvalidRequest):
+    """A request body over its configured size cap (refused before the rest is read)."""
+
+    http_status = 413
+
+
 class Unauthenticated(GemmaServingError):
     grpc_code = "UNAUTHENTICATED"
     http_status = 401

@@ -6,6 +6,7 @@ from gemma_serving import errors
 
 TABLE = [
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (errors.RequestTooLarge, grpc.StatusCode.INVALID_ARGUMENT, 413),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, 401),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, 403),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),

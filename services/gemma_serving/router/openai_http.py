@@ -14,6 +14,7 @@ import uuid
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
@@ -24,6 +25,7 @@ from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router import openai_convert as oc
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.health import ServiceHealth
+from gemma_serving.router.http_limits import BodyLimitMiddleware, parse_json_object
 from gemma_serving.router.http_tls import client_cert_subject
 from gemma_serving.router.pipeline import InferencePipeline, collect
 
@@ -53,14 +55,8 @@ def _error_response(exc: BaseException, request_id: str) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _json(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
+async def _json(request: Request, max_depth: int) -> dict:
+    return parse_json_object(await request.body(), max_depth)
 
 
 class OpenAISurface:
@@ -73,7 +69,8 @@ class OpenAISurface:
         self._health = health
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
+        body_limit = Middleware(BodyLimitMiddleware, max_body_bytes=self._config.limits.max_http_body_bytes)
+        return Starlette(middleware=[body_limit], routes=[
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
@@ -123,7 +120,7 @@ class OpenAISurface:
     async def chat(self, http: Request):
         request_id = uuid.uuid4().hex
         try:
-            body = await _json(http)
+            body = await _json(http, self._config.limits.max_json_depth)
             domain = oc.chat_request(body)
             if body.get("stream"):
                 include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -140,7 +137,7 @@ class OpenAISurface:
     async def completions(self, http: Request):
         request_id = uuid.uuid4().hex
         try:
-            body = await _json(http)
+            body = await _json(http, self._config.limits.max_json_depth)
             if body.get("stream"):
                 raise InvalidRequest("stream is not supported on /v1/completions; use /v1/chat/completions",
                                      field="stream")
