@@ -222,6 +222,12 @@ class RouterSettings(Strict):
         "and client-certificate tenants as the gRPC port.",
     )
     num_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share the port via SO_REUSEPORT).")
+    quota_sync_s: float = Field(
+        1.0, gt=0, le=60,
+        description="With several router replicas: how often each reports its per-tenant usage and learns the "
+        "others' (router/quota_sync.py). Over N replicas a tenant can exceed a limit by at most what the other "
+        "replicas admitted within one interval.",
+    )
     num_cpus: float = Field(0.25, ge=0, description="Ray CPU bookkeeping per router replica.")
     resources: dict[str, float] = Field(
         default_factory=dict,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +26,7 @@ from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.http_tls import http_tls_options
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
+from gemma_serving.router.quota_sync import ray_publisher, sync_quotas
 from gemma_serving.router.servicer import InferenceServicer
 from gemma_serving.router.tls import server_credentials
 from gemma_serving.telemetry.metrics import RouterMetrics
@@ -123,6 +125,11 @@ class RouterDeployment:
             metrics=metrics,
         )
         self._replica_counts = asyncio.create_task(_track_replicas(self._config, metrics, self._router.health))
+        self._quota_sync = None
+        if self._config.router.num_replicas > 1:
+            self._quota_sync = asyncio.create_task(sync_quotas(
+                self._router.pipeline.tenancy.quotas, uuid.uuid4().hex, ray_publisher(self._config.app_name),
+                self._config.router.quota_sync_s))
         self._http, self._http_port = None, None
         if self._config.router.http_port is not None:
             self._http, self._http_port = await start_openai_server(self._config, self._router)
@@ -148,6 +155,8 @@ class RouterDeployment:
         router = getattr(self, "_router", None)
         if router is not None:
             self._replica_counts.cancel()
+            if self._quota_sync is not None:
+                self._quota_sync.cancel()
             if self._http is not None:
                 self._http.should_exit = True  # uvicorn stops accepting, then lets open requests finish
             await router.drain_and_stop(self._config.router.grace_period_s, self._config.router.drain_notice_s)
