@@ -100,5 +100,12 @@ class PolicyViolation(GemmaServingError):
     http_status = 400
 
 
+class ClientCancelled(GemmaServingError):
+    """The client went away (cancelled, disconnected) before the answer was complete; 499 as nginx logs it."""
+
+    grpc_code = "CANCELLED"
+    http_status = 499
+
+
 class InternalError(GemmaServingError):
     """An unexpected failure; the client sees only a generic message and the request id."""

@@ -18,6 +18,7 @@ TABLE = [
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     (errors.UnsupportedModality, grpc.StatusCode.UNIMPLEMENTED, 501),
     (errors.PolicyViolation, grpc.StatusCode.FAILED_PRECONDITION, 400),
+    (errors.ClientCancelled, grpc.StatusCode.CANCELLED, 499),
     (errors.InternalError, grpc.StatusCode.INTERNAL, 500),
 ]
 

@@ -25,6 +25,7 @@ from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router import openai_convert as oc
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.health import ServiceHealth
+from gemma_serving.router.http_cancel import until_disconnect
 from gemma_serving.router.http_limits import BodyLimitMiddleware, parse_json_object
 from gemma_serving.router.http_tls import client_cert_subject
 from gemma_serving.router.pipeline import InferencePipeline, collect
@@ -110,7 +111,7 @@ class OpenAISurface:
                                      credentials=_credentials(http))
 
     async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
-        return await collect(self._stream(domain, http, request_id))
+        return await until_disconnect(http, collect(self._stream(domain, http, request_id)))
 
     async def models(self, http: Request) -> JSONResponse:
         data = [{"id": s.model.name, "object": "model", "created": 0, "owned_by": "gemma-serving"}
