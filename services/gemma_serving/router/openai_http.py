@@ -175,17 +175,26 @@ class OpenAISurface:
             if form.get("prompt"):
                 parts.append(TextPart(str(form["prompt"])))
             task = AudioTask("translate", "English") if translate else AudioTask("transcribe")
-            sampling = Sampling(temperature=float(form["temperature"]) if form.get("temperature") else None)
+            sampling = Sampling(temperature=_form_float(form, "temperature"))
             domain = GenerationRequest(str(form.get("model", "")), (Message("user", tuple(parts)),), sampling,
                                        audio_task=task)
             text, _ = await self._complete(domain, http, request_id)
             if form.get("response_format") == "text":
                 return PlainTextResponse(text, headers={"x-request-id": request_id})
             return JSONResponse({"text": text}, headers={"x-request-id": request_id})
-        except ValueError as exc:
-            return _error_response(InvalidRequest(f"invalid form field: {exc}"), request_id)
         except Exception as exc:
             return _error_response(exc, request_id)
+
+
+def _form_float(form, name: str) -> float | None:
+    """A number field of a multipart form (None when absent); InvalidRequest naming the field otherwise."""
+    value = form.get(name)
+    if not value:
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number, got {str(value)[:32]!r}", field=name) from None
 
 
 def _credentials(http: Request) -> Credentials:

@@ -179,5 +179,5 @@ async def _track_replicas(config: ServingConfig, metrics: RouterMetrics, service
                 metrics.replicas.labels(kind.value).set(running)
                 await service_health.observe_replicas(kind, running)
         except Exception as exc:  # metrics must never take the router down
-            log.warning("could not read replica counts: %s", type(exc).__name__)
+            log.warning("could not read replica counts: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(interval_s)
