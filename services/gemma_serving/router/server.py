@@ -24,6 +24,7 @@ from gemma_serving.config import ServingConfig
 from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.http_tls import http_tls_options
+from gemma_serving.router.interceptors import InferenceInterceptor
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
 from gemma_serving.router.quota_sync import ray_publisher, sync_quotas
@@ -69,6 +70,7 @@ async def start_grpc_server(
     tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
     pipeline = InferencePipeline(config, backend, tracer=tracer, metrics=metrics)
     server = grpc.aio.server(
+        interceptors=[InferenceInterceptor(pipeline.tenancy.authenticate)],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
