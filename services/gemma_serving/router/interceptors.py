@@ -14,6 +14,7 @@ RPC is safe by default (as KServe's ExceptionToStatusInterceptor does for its se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -77,42 +78,35 @@ class InferenceInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(self._streaming(name, handler.unary_stream), **options)
         return handler  # no client-streaming RPCs in the API
 
-    def _begin(self, name: str, context) -> _Rpc:
+    @contextlib.asynccontextmanager
+    async def _served(self, name: str, context):
+        """Around one RPC: its request id and tenant, its status on failure, its log line."""
         rpc = _Rpc(name, uuid.uuid4().hex, time.monotonic())
         _REQUEST_ID.set(rpc.request_id)
         _TENANT.set(None)
-        if name not in OPEN_METHODS:
-            tenant = self._authenticate(credentials_of(context))
-            _TENANT.set(tenant)
-            rpc.tenant = tenant.id
-        return rpc
+        try:
+            if name not in OPEN_METHODS:
+                tenant = self._authenticate(credentials_of(context))
+                _TENANT.set(tenant)
+                rpc.tenant = tenant.id
+            yield
+        except BaseException as exc:
+            await self._fail(rpc, exc, context)
+        finally:
+            self._finish(rpc)
 
     def _unary(self, name: str, behavior):
         async def unary(request, context):
-            rpc = None
-            try:
-                rpc = self._begin(name, context)
+            async with self._served(name, context):
                 return await behavior(request, context)
-            except BaseException as exc:
-                rpc = rpc or _Rpc(name, current_request_id(), time.monotonic())
-                await self._fail(rpc, exc, context)
-            finally:
-                self._finish(rpc)
 
         return unary
 
     def _streaming(self, name: str, behavior):
         async def streaming(request, context):
-            rpc = None
-            try:
-                rpc = self._begin(name, context)
+            async with self._served(name, context):
                 async for message in behavior(request, context):
                     yield message
-            except BaseException as exc:
-                rpc = rpc or _Rpc(name, current_request_id(), time.monotonic())
-                await self._fail(rpc, exc, context)
-            finally:
-                self._finish(rpc)
 
         return streaming
 
@@ -130,9 +124,7 @@ class InferenceInterceptor(grpc.aio.ServerInterceptor):
         rpc.code = status.code.name
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    def _finish(self, rpc: _Rpc | None) -> None:
-        if rpc is None:
-            return
+    def _finish(self, rpc: _Rpc) -> None:
         self._log.info("rpc finished", extra={"fields": {
             "request_id": rpc.request_id, "rpc": rpc.name, "tenant": rpc.tenant, "status": rpc.code,
             "latency_ms": round((time.monotonic() - rpc.began) * 1000, 1),
