@@ -97,18 +97,12 @@ async def test_a_new_streaming_rpc_ends_with_our_status_after_its_output(channel
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details() == "stopped after one"
 
 
-async def test_each_rpc_logs_one_line(channel):
-    logger = logging.getLogger("gemma_serving.requests")
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger.addHandler(handler)
+async def test_each_rpc_logs_one_line(channel, request_log):
     rpc = channel.unary_unary(f"/{SERVICE}/BrandNew")
     await rpc(b"ok", metadata=auth(KEY_A))
     await _fails(rpc(b"bad field", metadata=auth(KEY_A)))
     await _fails(rpc(b"ok"))
-    logger.removeHandler(handler)
-    assert [(r.fields["rpc"], r.fields["status"], r.fields["tenant"]) for r in records] == [
+    assert [(r.fields["rpc"], r.fields["status"], r.fields["tenant"]) for r in request_log] == [
         ("BrandNew", "OK", "team-a"), ("BrandNew", "INVALID_ARGUMENT", "team-a"),
         ("BrandNew", "UNAUTHENTICATED", "unknown")]
 

@@ -18,7 +18,7 @@ from gemma_serving.errors import InvalidRequest, RequestTooLarge
 #: After refusing, up to this much more of the body is read and dropped (within LINGER_S) before the connection
 #: closes, so a client still writing its body sees the 413 instead of a connection reset (nginx's lingering close).
 LINGER_BYTES = 1 * 2**20
-LINGER_S = 2.0
+LINGER_S = 5.0
 
 
 async def _refuse(exc: InvalidRequest, scope, receive, send) -> None:
