@@ -112,3 +112,16 @@ def test_the_servicer_handles_errors_only_where_a_batch_item_fails_alone():
     with_try = {f.name for f in ast.walk(tree) if isinstance(f, ast.AsyncFunctionDef | ast.FunctionDef)
                 and any(isinstance(n, ast.Try) and n.handlers for n in ast.walk(f))}
     assert with_try == {"_batch_item"}
+
+
+async def test_refused_callers_are_counted_in_the_request_metric(make_router):
+    from tests.unit.test_tenancy import _code, _stub, req
+
+    router, _ = await make_router(security())
+    channel, stub = await _stub(router)
+    assert (await _code(stub.Generate(req(), metadata=auth("gsk_00000000_nope"))))[0] == grpc.StatusCode.UNAUTHENTICATED
+    await channel.close()
+    refused = router.metrics.registry.get_sample_value(
+        "gemma_serving_requests_total", {"service": "none", "model": "unknown", "tenant": "unknown",
+                                         "code": "UNAUTHENTICATED"})
+    assert refused == 1

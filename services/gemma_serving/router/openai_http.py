@@ -55,7 +55,7 @@ class OpenAISurface:
         ])
 
     def _authenticate(self, caller):
-        return self._pipeline.tenancy.authenticate(caller)
+        return self._pipeline.authenticate(caller)
 
     async def health(self, http: Request) -> JSONResponse:
         """200 while the router serves (the gRPC health's overall verdict), else 503 with each service's state;

@@ -60,6 +60,15 @@ class InferencePipeline:
         self._models = {s.model.name for s in config.services.values()}
         self._log = configure_request_logging()
 
+    def authenticate(self, credentials: Credentials) -> TenantConfig:
+        """The caller's tenant (for the gRPC interceptor and the HTTP middleware); a refused caller is counted in
+        gemma_serving_requests_total like any finished request (service none, tenant unknown)."""
+        try:
+            return self.tenancy.authenticate(credentials)
+        except GemmaServingError as exc:
+            self._metrics.requests.labels("none", "unknown", "unknown", exc.grpc_code).inc()
+            raise
+
     async def stream(
         self,
         request: GenerationRequest,

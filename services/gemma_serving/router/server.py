@@ -70,7 +70,7 @@ async def start_grpc_server(
     tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
     pipeline = InferencePipeline(config, backend, tracer=tracer, metrics=metrics)
     server = grpc.aio.server(
-        interceptors=[InferenceInterceptor(pipeline.tenancy.authenticate)],
+        interceptors=[InferenceInterceptor(pipeline.authenticate)],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
