@@ -77,3 +77,21 @@ def test_a_silent_replica_stops_counting():
     assert exchange.publish("r2", {})["team-a"] == TenantCounts(5, 100, 1)
     now[0] = 11.0
     assert exchange.publish("r2", {}) == {}
+
+
+def test_fair_share_judges_each_routers_part_of_the_capacity():
+    from gemma_serving.config import parse_config
+    from gemma_serving.errors import Overloaded
+    from gemma_serving.router.tenancy import Tenancy
+
+    from tests.unit.conftest import CONFIG
+
+    services = {**CONFIG["services"], "text": {**CONFIG["services"]["text"], "deployment": {
+        "max_ongoing_requests": 8, "max_queued_requests": 0, "autoscaling": {"max_replicas": 1}}}}
+    fair = Tenancy(parse_config({**CONFIG, "router": {"num_replicas": 2}, "services": services})).fair
+    # This router's part: 8 slots / 2 routers = 4; past half of it, two active tenants get 2 each.
+    fair.admit("text", "team-a")
+    fair.admit("text", "team-a")
+    fair.admit("text", "team-b")
+    with pytest.raises(Overloaded, match="fair share \\(2 of 4 slots\\)"):
+        fair.admit("text", "team-a")
