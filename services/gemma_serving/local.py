@@ -56,10 +56,13 @@ def serve_forever(config: ServingConfig) -> None:
         ray.shutdown()
 
 
-def router_serving(connection: Connection, timeout_s: float = 2.0) -> bool:
-    """Whether the router's standard gRPC health check answers SERVING (over the configured TLS, with the key)."""
+def router_serving(connection: Connection | str, timeout_s: float = 2.0) -> bool:
+    """Whether the router's standard gRPC health check answers SERVING (over the connection's TLS, with its key; a
+    plain "host:port" means plaintext without a key)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    if isinstance(connection, str):
+        connection = Connection(connection)
     try:
         with connection.channel() as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s,

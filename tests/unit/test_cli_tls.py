@@ -120,3 +120,8 @@ def test_plaintext_config_needs_no_certificates():
     connection = connection_for(parse_config(CONFIG), env={"GEMMA_SERVING_API_KEY": "gsk_x_y"})
     assert not connection.tls and connection.metadata == (("authorization", "Bearer gsk_x_y"),)
     assert isinstance(connection.channel(), grpc.Channel)
+
+
+async def test_router_serving_still_takes_a_plain_address(router):
+    _, backend = router
+    assert await asyncio.to_thread(local.router_serving, f"127.0.0.1:{backend.router.port}")
