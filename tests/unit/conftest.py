@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -103,3 +104,15 @@ async def make_router():
     yield start
     for router in started:
         await router.drain_and_stop(0)
+
+
+@pytest.fixture
+def request_log():
+    """The records the request logger (gemma_serving.requests) writes during the test."""
+    logger = logging.getLogger("gemma_serving.requests")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

@@ -174,8 +174,12 @@ async def test_logs_are_json_with_request_facts_and_never_the_prompt(make_router
         await stub.Generate(req(text=secret), metadata=auth(KEY_A))
         await _code(stub.Generate(req(text=secret, max_tokens=0), metadata=auth(KEY_A)))
     logger.removeHandler(handler)
-    fields = [r.fields for r in records]
+    fields = [r.fields for r in records if r.getMessage() == "request finished"]  # one per generation
+    rpcs = [r.fields for r in records if r.getMessage() == "rpc finished"]  # one per RPC (the interceptor's)
     assert [f["status"] for f in fields] == ["OK", "INVALID_ARGUMENT"]
+    assert [(f["rpc"], f["status"], f["tenant"]) for f in rpcs] == [("Generate", "OK", "team-a"),
+                                                                    ("Generate", "INVALID_ARGUMENT", "team-a")]
+    assert [f["request_id"] for f in rpcs] == [f["request_id"] for f in fields]
     assert fields[0]["tenant"] == "team-a" and fields[0]["completion_tokens"] == 4 and fields[0]["latency_ms"] > 0
     assert len(fields[0]["prompt_sha"]) == 16
     from gemma_serving.telemetry.logs import JsonFormatter

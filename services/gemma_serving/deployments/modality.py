@@ -32,7 +32,6 @@ from gemma_serving.engines.types import (
     DecodedImage,
     GenerationRequest,
     ImagePart,
-    Message,
 )
 from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.media import decode_audio, decode_image
@@ -76,7 +75,8 @@ def decode_media(request: GenerationRequest, accepts: tuple[str, ...]) -> Genera
             return DecodedAudio(samples, rate)
         return part
 
-    messages = tuple(Message(m.role, tuple(decode(p) for p in m.parts)) for m in request.messages)
+    # Only the parts change: tool_calls and tool_call_id (the tool history) stay with their messages.
+    messages = tuple(dataclasses.replace(m, parts=tuple(decode(p) for p in m.parts)) for m in request.messages)
     return dataclasses.replace(request, messages=messages)
 
 

@@ -151,7 +151,9 @@ def completion_request(body: dict) -> GenerationRequest:
     return GenerationRequest(str(body.get("model", "")), (Message("user", (TextPart(prompt),)),), sampling_from(body))
 
 
-FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length", FinishReason.ABORT: "stop",
+#: ABORT (the engine stopped the request before it finished) is "abort", as vLLM's own OpenAI server reports it:
+#: never "stop", which would pass a cut-off answer off as complete.
+FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length", FinishReason.ABORT: "abort",
           FinishReason.TOOL_CALLS: "tool_calls", None: None}
 
 
