@@ -109,11 +109,16 @@ def read_events(log_path: str) -> dict[str, dict[str, float]]:
 class ServeGrpcIngress:
     """Serve gRPC ingress: method names are the gRPC method names; same work as our InferenceServicer."""
 
-    def __init__(self, config: dict, handles: dict, log_path: str) -> None:
+    async def __init__(self, config: dict, handles: dict, log_path: str) -> None:
+        import ray
+        from gemma_serving.deltas.subscriber import DeltaSubscriber
         from gemma_serving.router.backends import ServeHandleBackend
 
         self._config = ServingConfig.model_validate(config)
-        self._backend = ServeHandleBackend(handles)
+        node_ip = ray.util.get_node_ip_address()
+        deltas = DeltaSubscriber(node_ip, node_ip)  # the platform's token path, as in RouterDeployment
+        await deltas.start()
+        self._backend = ServeHandleBackend(handles, deltas)
         self._log_path = log_path
 
     def _validated(self, request: pb.GenerateRequest):

@@ -123,14 +123,24 @@ def test_sampled_answers_of_the_adapter_get_scores_and_the_base_model_none(stub,
 
 
 def test_the_judge_grades_with_the_served_text_model(platform_config):
+    from gemma_serving.deltas.subscriber import DeltaSubscriber
     from ray import serve
 
-    backend = ServeHandleBackend({"text": serve.get_deployment_handle("text", platform_config.app_name)})
-    ids = iter(range(1000))
-    judge = JudgeScorer(lambda request: backend.stream(ServiceKind.TEXT, request, f"judge-test-{next(ids)}"),
-                        TEXT_MODEL)
-    question = GenerationRequest(model=TEXT_MODEL, messages=(Message("user", (TextPart("What is the sea?"),)),),
-                                 sampling=Sampling(max_tokens=16))
-    score = asyncio.run(judge.score(Answer("text", question, "A large body of salt water.",
-                                           Chunk("", 5, 7, FinishReason.STOP))))
+    async def grade() -> float:
+        deltas = DeltaSubscriber("127.0.0.1", "127.0.0.1")  # the judge's answers come over the delta channel
+        await deltas.start()
+        try:
+            backend = ServeHandleBackend({"text": serve.get_deployment_handle("text", platform_config.app_name)},
+                                         deltas)
+            ids = iter(range(1000))
+            judge = JudgeScorer(lambda request: backend.stream(ServiceKind.TEXT, request, f"judge-test-{next(ids)}"),
+                                TEXT_MODEL)
+            question = GenerationRequest(model=TEXT_MODEL, messages=(Message("user", (TextPart("What is the sea?"),)),),
+                                         sampling=Sampling(max_tokens=16))
+            return await judge.score(Answer("text", question, "A large body of salt water.",
+                                            Chunk("", 5, 7, FinishReason.STOP)))
+        finally:
+            await deltas.stop()
+
+    score = asyncio.run(grade())
     assert score in {0.0, 0.25, 0.5, 0.75, 1.0}  # the reply is constrained to a grade, even from random weights
