@@ -91,3 +91,17 @@ async def make_router():
     yield start
     for router in started:
         await router.drain_and_stop(0)
+
+
+@pytest.fixture
+async def client(router, config):
+    """The official `openai` client on the router's OpenAI surface (HTTP on loopback), and the backend."""
+    import openai
+    from gemma_serving.router.openai_http import OpenAISurface, start_http_server
+
+    stub, backend = router
+    server, port = await start_http_server(OpenAISurface(config, backend.router.pipeline).app(), "127.0.0.1", 0)
+    async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as c:
+        yield c, backend
+    server.should_exit = True
+    await server.gemma_task

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from gemma_serving.api import inference_pb2 as pb
+from gemma_serving.engines.sampling import SAMPLING_PARAMS
 from gemma_serving.engines.types import (
     AudioPart,
     AudioTask,
@@ -98,26 +101,32 @@ def request_from_pb(req: pb.GenerateRequest) -> GenerationRequest:
     audio_task = None
     if req.audio_task.task != pb.AudioTask.TASK_UNSPECIFIED:
         audio_task = AudioTask(_AUDIO_TASKS[req.audio_task.task], req.audio_task.target_language)
-    s = req.sampling
-    sampling = Sampling(
-        max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
-        temperature=s.temperature if s.HasField("temperature") else None,
-        top_p=s.top_p if s.HasField("top_p") else None,
-        top_k=s.top_k if s.HasField("top_k") else None,
-        seed=s.seed if s.HasField("seed") else None,
-        stop=tuple(s.stop),
-        ignore_eos=s.ignore_eos,
-    )
     return GenerationRequest(
         req.model,
         tuple(messages),
-        sampling,
+        sampling_from_pb(req.sampling),
         tools=tools,
         tool_choice=ToolChoice(_TOOL_CHOICE_MODES[req.tool_choice.mode], req.tool_choice.function_name),
         response_format=_response_format(req.response_format),
         audio_task=audio_task,
         adapter=req.adapter,
     )
+
+
+def sampling_from_pb(s: pb.SamplingParams) -> Sampling:
+    """The domain Sampling: every declared parameter from the proto field of the same name (unset stays None)."""
+    values = {}
+    for p in SAMPLING_PARAMS:
+        if p.kind is tuple:
+            values[p.name] = tuple(getattr(s, p.name)) or None
+        elif s.HasField(p.name):
+            values[p.name] = getattr(s, p.name)
+    return Sampling(**values)
+
+
+def sampling_to_pb(values: Mapping[str, Any]) -> pb.SamplingParams:
+    """SamplingParams holding the set (not None) values of `values` by parameter name (e.g. a model's defaults)."""
+    return pb.SamplingParams(**{p.name: values[p.name] for p in SAMPLING_PARAMS if values.get(p.name) is not None})
 
 
 def usage_pb(chunk: Chunk) -> pb.Usage:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Union
 
+from gemma_serving.engines.sampling import Sampling  # derived from the sampling declarations
+
 
 class FinishReason(str, Enum):
     STOP = "stop"
@@ -107,18 +109,6 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class Sampling:
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    #: Generate past end-of-turn until max_tokens (vLLM's `ignore_eos`, for fixed-length benchmark requests).
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """What a client asked for, after validation. Media parts are encoded until a deployment decodes them."""
 
@@ -130,6 +120,8 @@ class GenerationRequest:
     response_format: ResponseFormat | None = None
     audio_task: AudioTask | None = None
     adapter: str = ""
+    #: The one user message's text is the whole prompt, sent without the chat template (/v1/completions).
+    raw_prompt: bool = False
     trace_context: dict[str, str] = field(default_factory=dict)
     #: Absolute deadline (time.time() seconds): the client's gRPC deadline capped by the server's maximum.
     deadline: float | None = None

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator
 
 from gemma_serving.config import ModelConfig
 from gemma_serving.engines.prompts import chat_messages
+from gemma_serving.engines.sampling import to_vllm_fields
 from gemma_serving.engines.tool_calls import forced_call_schema
 from gemma_serving.engines.types import Chunk, DecodedAudio, DecodedImage, FinishReason, GenerationRequest
 from gemma_serving.errors import EngineDead, GemmaServingError, InvalidRequest
@@ -128,6 +129,10 @@ class VllmEngine:
         log.info("engine for %s ready in %.1f s", self._model.name, self.start_seconds)
 
     def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
+        if request.raw_prompt:
+            # As vLLM's /v1/completions: the text as is, after <bos> (it tokenizes with special tokens; generate()
+            # does not add them, so the <bos> is written out).
+            return {"prompt": (self._tokenizer.bos_token or "") + request.messages[0].parts[0].text}
         text = self._tokenizer.apply_chat_template(chat_messages(request), tokenize=False, add_generation_prompt=True)
         prompt: dict[str, Any] = {"prompt": text}
         parts = [p for m in request.messages for p in m.parts]
@@ -142,15 +147,10 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        s = request.sampling
-        given = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
         return SamplingParams(
-            max_tokens=s.max_tokens,
-            stop=list(s.stop) or None,
-            ignore_eos=s.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
             structured_outputs=structured_outputs(request),
-            **{k: v for k, v in given.items() if v is not None},
+            **to_vllm_fields(request.sampling),
         )
 
     async def generate(self, request: GenerationRequest, *, request_id: str) -> AsyncIterator[Chunk]:

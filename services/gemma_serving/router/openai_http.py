@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import uuid
 from typing import AsyncIterator
 
@@ -108,8 +107,8 @@ class OpenAISurface:
 
     def _stream(self, domain: GenerationRequest, http: Request, request_id: str) -> AsyncIterator[Chunk]:
         carrier = {k: v for k, v in http.headers.items() if k in ("traceparent", "tracestate")}
-        return self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier,
-                                     credentials=_credentials(http))
+        return oc.fail_on_abort(self._pipeline.stream(domain, request_id=request_id, time_remaining=None,
+                                                      carrier=carrier, credentials=_credentials(http)))
 
     async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
         return await collect(self._stream(domain, http, request_id))
@@ -122,10 +121,9 @@ class OpenAISurface:
     async def chat(self, http: Request):
         request_id = uuid.uuid4().hex
         try:
-            body = await _json(http)
-            domain = oc.chat_request(body)
-            if body.get("stream"):
-                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            domain, body = oc.chat_request(await _json(http))
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 stream = self._stream(domain, http, request_id)
                 first = await _first_or_error(stream)  # errors before the first token become a normal HTTP error
                 return StreamingResponse(_sse(stream, first, request_id, domain.model, include_usage),
@@ -137,21 +135,21 @@ class OpenAISurface:
             return _error_response(exc, request_id)
 
     async def completions(self, http: Request):
+        """OpenAI's legacy completions: the raw prompt (no chat template), optionally echoed, streamed or not."""
         request_id = uuid.uuid4().hex
         try:
-            body = await _json(http)
-            if body.get("stream"):
-                raise InvalidRequest("stream is not supported on /v1/completions; use /v1/chat/completions",
-                                     field="stream")
-            domain = oc.completion_request(body)
+            domain, body = oc.completion_request(await _json(http))
+            echo = domain.messages[0].parts[0].text if body.echo else ""
+            if body.stream:
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                stream = self._stream(domain, http, request_id)
+                first = await _first_or_error(stream)
+                events = oc.completion_events(stream, first, request_id, domain.model, include_usage, echo)
+                return StreamingResponse(_sse_text(events, stream, request_id), media_type="text/event-stream",
+                                         headers={"x-request-id": request_id})
             text, last = await self._complete(domain, http, request_id)
-            return JSONResponse({
-                "id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
-                "model": domain.model,
-                "choices": [{"index": 0, "text": text, "finish_reason": oc.FINISH[last.finish_reason],
-                             "logprobs": None}],
-                "usage": oc.usage(last),
-            }, headers={"x-request-id": request_id})
+            return JSONResponse(oc.text_completion(request_id, domain.model, echo + text, last),
+                                headers={"x-request-id": request_id})
         except Exception as exc:
             return _error_response(exc, request_id)
 
@@ -218,6 +216,22 @@ async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: st
             body = json.loads(oc.chat_chunk(request_id, model, {}, None, oc.usage(last)))
             body["choices"] = []
             yield f"data: {json.dumps(body)}\n\n"
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _, body = error_body(exc, request_id)
+        yield f"data: {json.dumps(body)}\n\n"
+    finally:
+        await stream.aclose()
+    yield "data: [DONE]\n\n"
+
+
+async def _sse_text(events: AsyncIterator[dict], stream: AsyncIterator[Chunk], request_id: str
+                    ) -> AsyncIterator[str]:
+    """`events` as server-sent events ending with [DONE]; a failure mid-stream is one OpenAI error event."""
+    try:
+        async for event in events:
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
     except asyncio.CancelledError:
         raise
     except Exception as exc:

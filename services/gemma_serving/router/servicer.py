@@ -9,7 +9,7 @@ from typing import AsyncIterator
 
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
-from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb
+from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb, sampling_to_pb
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk
 from gemma_serving.errors import InvalidRequest
@@ -123,6 +123,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 max_output_tokens=s.model.max_output_tokens,
                 status=MODEL_STATUS_TO_PB[self._health.states[kind]],
                 adapters=[a.name for a in s.model.adapters],
+                default_sampling=sampling_to_pb(
+                    {**s.model.default_sampling.model_dump(), "max_tokens": s.model.default_max_tokens}
+                ),
             )
             for kind, s in self._config.services.items()
         ]
