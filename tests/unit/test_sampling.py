@@ -125,3 +125,38 @@ async def test_list_models_reports_each_models_default_sampling(make_router):
     assert text_defaults.max_tokens == 64 and text_defaults.HasField("temperature")
     assert all(_same(getattr(text_defaults, k), v) for k, v in GUIDE_DEFAULTS.items())
     assert not models["vision-model"].default_sampling.HasField("temperature")
+
+
+def test_span_keys_are_the_genai_conventions_where_they_exist():
+    from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
+
+    conventions = {v for k, v in vars(gen_ai).items() if k.startswith("GEN_AI_REQUEST_")}
+    for p in SAMPLING_PARAMS:
+        assert p.span_key() in conventions or p.span_key() == f"gemma_serving.request.{p.name}", p.name
+
+
+async def test_the_router_span_carries_every_set_sampling_parameter(config):
+    from gemma_serving.config import ServiceKind
+    from gemma_serving.engines.fake import FakeEngine
+    from gemma_serving.router.pipeline import InferencePipeline, collect
+    from gemma_serving.telemetry.metrics import RouterMetrics
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry
+
+    from tests.unit.conftest import InProcessBackend, make_deployment
+
+    exporter, provider = InMemorySpanExporter(), TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    deployment = await make_deployment(ServiceKind.TEXT, config.services[ServiceKind.TEXT], FakeEngine())
+    pipeline = InferencePipeline(config, InProcessBackend({ServiceKind.TEXT: deployment}),
+                                 tracer=provider.get_tracer("t"), metrics=RouterMetrics(CollectorRegistry()))
+    sampling = {k: v for k, v in EXAMPLES.items() if k not in ("n", "logprobs")}
+    await collect(pipeline.stream(_request(**sampling), request_id="r1", time_remaining=None, carrier={}))
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["gen_ai.request.temperature"] == 0.5
+    assert span.attributes["gen_ai.request.stop_sequences"] == ("END", "###")
+    assert span.attributes["gemma_serving.request.repetition_penalty"] == 1.25
+    assert span.attributes["gen_ai.request.max_tokens"] == 12
+    assert "gen_ai.request.choice.count" not in span.attributes  # unset parameters are left off

@@ -47,6 +47,11 @@ class SamplingParam:
     defaultable: bool = True
     #: The vLLM SamplingParams fields for a set value; None maps to the field of the same name.
     to_vllm: Callable[[Any, Any], dict[str, Any]] | None = None
+    #: The router span's attribute for it: the OpenTelemetry GenAI key where one exists, else our own.
+    span_attribute: str = ""
+
+    def span_key(self) -> str:
+        return self.span_attribute or f"gemma_serving.request.{self.name}"
 
     def range_text(self, model: ModelConfig | None = None, limits: RequestLimits | None = None) -> str:
         """The allowed range in words, e.g. "0..2", "(0, 1]" or "true or false"."""
@@ -81,31 +86,40 @@ def _logprobs_to_vllm(value: bool, s: Any) -> dict[str, Any]:
 
 SAMPLING_PARAMS: tuple[SamplingParam, ...] = (
     SamplingParam("max_tokens", int, "Most tokens to generate.", low=1, high=lambda m, _: m.max_output_tokens,
-                  openai_names=("max_completion_tokens",), defaultable=False),
-    SamplingParam("temperature", float, "Sampling temperature; 0 is greedy.", low=0, high=2, engine_default=1.0),
+                  openai_names=("max_completion_tokens",), defaultable=False,
+                  span_attribute="gen_ai.request.max_tokens"),
+    SamplingParam("temperature", float, "Sampling temperature; 0 is greedy.", low=0, high=2, engine_default=1.0,
+                  span_attribute="gen_ai.request.temperature"),
     SamplingParam("top_p", float, "Nucleus sampling: smallest token set with this probability mass.", low=0,
-                  high=1, low_open=True, engine_default=1.0),
+                  high=1, low_open=True, engine_default=1.0,
+                  span_attribute="gen_ai.request.top_p"),
     SamplingParam("top_k", int, "Sample from the k most likely tokens; 0 or -1 disables it.", low=-1,
-                  engine_default=0),
+                  engine_default=0,
+                  span_attribute="gen_ai.request.top_k"),
     SamplingParam("min_p", float, "Drop tokens less likely than min_p times the most likely one.", low=0, high=1,
                   engine_default=0.0),
-    SamplingParam("seed", int, "Seed for reproducible sampling.", low=-_INT64 - 1, high=_INT64),
+    SamplingParam("seed", int, "Seed for reproducible sampling.", low=-_INT64 - 1, high=_INT64,
+                  span_attribute="gen_ai.request.seed"),
     SamplingParam("stop", tuple, "Generation stops before any of these strings (not included in the output).",
                   high=lambda _, lim: lim.max_stop_sequences, item_chars=lambda _, lim: lim.max_stop_chars,
-                  to_vllm=lambda v, _: {"stop": list(v)}),
+                  to_vllm=lambda v, _: {"stop": list(v)},
+                  span_attribute="gen_ai.request.stop_sequences"),
     SamplingParam("repetition_penalty", float, "Penalty on tokens already in the prompt or output; 1 is none, "
                   "above 1 discourages repeats.", low=0, low_open=True, engine_default=1.0),
     SamplingParam("presence_penalty", float, "Penalty on tokens that already appeared in the output.", low=-2,
-                  high=2, engine_default=0.0),
+                  high=2, engine_default=0.0,
+                  span_attribute="gen_ai.request.presence_penalty"),
     SamplingParam("frequency_penalty", float, "Penalty proportional to how often a token appeared in the output.",
-                  low=-2, high=2, engine_default=0.0),
+                  low=-2, high=2, engine_default=0.0,
+                  span_attribute="gen_ai.request.frequency_penalty"),
     SamplingParam("logprobs", bool, "Return the log probability of each generated token.", engine_default=False,
                   to_vllm=_logprobs_to_vllm),
     SamplingParam("top_logprobs", int, "With logprobs: also return this many most likely alternatives per token.",
                   low=0, high=20, engine_default=0, to_vllm=lambda v, _: {}),
-    # The router runs n engine requests (one per choice), so each engine request generates one sequence.
+    # Never passed to vLLM: an engine request generates one sequence (n > 1 is refused by validation for now).
     SamplingParam("n", int, "Number of choices to generate for the request.", low=1, high=8, engine_default=1,
-                  to_vllm=lambda v, _: {}),
+                  to_vllm=lambda v, _: {},
+                  span_attribute="gen_ai.request.choice.count"),
     SamplingParam("ignore_eos", bool, "Keep generating past the end-of-turn token until max_tokens (vLLM's "
                   "extension, for fixed-length benchmark requests); stop strings still apply.",
                   engine_default=False),

@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gemma_serving.config import ServingConfig
+from gemma_serving.engines.sampling import SAMPLING_PARAMS
 from gemma_serving.engines.tool_calls import parse_tool_calls
 from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, Tool
 from gemma_serving.errors import GemmaServingError
@@ -205,10 +206,8 @@ async def with_tool_calls(stream: AsyncIterator[Chunk], tools: tuple[Tool, ...])
 
 
 def _set_request_attributes(span, request: GenerationRequest) -> None:
-    s = request.sampling
-    span.set_attribute(attr.REQUEST_MAX_TOKENS, s.max_tokens)
     span.set_attribute(attr.INPUT_MODALITIES, sorted(request.modalities()))
-    if s.temperature is not None:
-        span.set_attribute(attr.REQUEST_TEMPERATURE, s.temperature)
-    if s.top_p is not None:
-        span.set_attribute(attr.REQUEST_TOP_P, s.top_p)
+    for p in SAMPLING_PARAMS:  # every set sampling parameter, under its declared attribute key
+        value = getattr(request.sampling, p.name)
+        if value is not None:
+            span.set_attribute(p.span_key(), list(value) if isinstance(value, tuple) else value)
