@@ -320,8 +320,32 @@ class GetUsageRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class QuotaWindowUsage(_message.Message):
+    __slots__ = ("window", "window_seconds", "requests_in_window", "tokens_in_window", "requests_limit", "tokens_limit", "requests_remaining", "tokens_remaining", "reset_in_ms", "windows")
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    RESET_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    window: str
+    window_seconds: int
+    requests_in_window: int
+    tokens_in_window: int
+    requests_limit: int
+    tokens_limit: int
+    requests_remaining: int
+    tokens_remaining: int
+    reset_in_ms: int
+    windows: _containers.RepeatedCompositeFieldContainer[QuotaWindowUsage]
+    def __init__(self, window: _Optional[str] = ..., window_seconds: _Optional[int] = ..., requests_in_window: _Optional[int] = ..., tokens_in_window: _Optional[int] = ..., requests_limit: _Optional[int] = ..., tokens_limit: _Optional[int] = ..., requests_remaining: _Optional[int] = ..., tokens_remaining: _Optional[int] = ..., reset_in_ms: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[QuotaWindowUsage, _Mapping]]] = ...) -> None: ...
+
 class GetUsageResponse(_message.Message):
-    __slots__ = ("tenant", "window_seconds", "requests_in_window", "tokens_in_window", "requests_remaining", "tokens_remaining", "concurrent_streams", "concurrent_streams_limit", "reset_in_ms")
+    __slots__ = ("tenant", "window_seconds", "requests_in_window", "tokens_in_window", "requests_remaining", "tokens_remaining", "concurrent_streams", "concurrent_streams_limit", "reset_in_ms", "windows")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +355,7 @@ class GetUsageResponse(_message.Message):
     CONCURRENT_STREAMS_FIELD_NUMBER: _ClassVar[int]
     CONCURRENT_STREAMS_LIMIT_FIELD_NUMBER: _ClassVar[int]
     RESET_IN_MS_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     window_seconds: int
     requests_in_window: int
@@ -340,4 +365,5 @@ class GetUsageResponse(_message.Message):
     concurrent_streams: int
     concurrent_streams_limit: int
     reset_in_ms: int
-    def __init__(self, tenant: _Optional[str] = ..., window_seconds: _Optional[int] = ..., requests_in_window: _Optional[int] = ..., tokens_in_window: _Optional[int] = ..., requests_remaining: _Optional[int] = ..., tokens_remaining: _Optional[int] = ..., concurrent_streams: _Optional[int] = ..., concurrent_streams_limit: _Optional[int] = ..., reset_in_ms: _Optional[int] = ...) -> None: ...
+    windows: _containers.RepeatedCompositeFieldContainer[QuotaWindowUsage]
+    def __init__(self, tenant: _Optional[str] = ..., window_seconds: _Optional[int] = ..., requests_in_window: _Optional[int] = ..., tokens_in_window: _Optional[int] = ..., requests_remaining: _Optional[int] = ..., tokens_remaining: _Optional[int] = ..., concurrent_streams: _Optional[int] = ..., concurrent_streams_limit: _Optional[int] = ..., reset_in_ms: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[QuotaWindowUsage, _Mapping]]] = ...) -> None: ...

@@ -96,12 +96,13 @@ class OpenAISurface:
         try:
             tenant = self._pipeline.tenancy.authenticate(_credentials(http))
             u = self._pipeline.tenancy.quotas.usage(tenant)
-            return JSONResponse({
-                "tenant": u.tenant, "window_seconds": 60, "requests": u.requests, "tokens": u.tokens,
-                "requests_limit": u.requests_limit, "tokens_limit": u.tokens_limit,
-                "concurrent_streams": u.concurrent, "concurrent_streams_limit": u.concurrent_limit,
-                "reset_in_ms": int(u.reset_in_s * 1000),
-            })
+            windows = [{"window": w.window, "window_seconds": int(w.seconds), "requests": w.requests,
+                        "tokens": w.tokens, "requests_limit": w.requests_limit, "tokens_limit": w.tokens_limit,
+                        "reset_in_ms": int(w.reset_in_s * 1000)} for w in u.windows]
+            # The top-level figures are the minute window's (as before the hour and day windows existed).
+            minute = {k: v for k, v in windows[0].items() if k != "window"}
+            return JSONResponse({"tenant": u.tenant, **minute, "concurrent_streams": u.concurrent,
+                                 "concurrent_streams_limit": u.concurrent_limit, "windows": windows})
         except Exception as exc:
             return _error_response(exc, request_id)
 

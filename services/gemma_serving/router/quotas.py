@@ -1,4 +1,5 @@
-"""Per-tenant quotas (requests and tokens per minute, concurrent streams) and fair admission under saturation.
+"""Per-tenant quotas (requests and tokens per minute, hour and day; concurrent streams) and fair admission under
+saturation.
 
 Quotas are enforced per router replica with each replica holding an equal share (limit / router.num_replicas):
 requests are spread evenly over replicas by the load balancer, so the sum is the configured limit without a shared
@@ -16,36 +17,64 @@ from dataclasses import dataclass
 from gemma_serving.errors import Overloaded, RateLimited
 from gemma_serving.security_config import TenantConfig
 
-WINDOW_S = 60.0
+@dataclass(frozen=True)
+class QuotaWindow:
+    """A sliding quota window: the tenant settings `requests_per_<name>` and `tokens_per_<name>` limit it."""
+
+    name: str
+    seconds: float
+
+    def field(self, kind: str) -> str:
+        """The TenantConfig field of `kind` ("requests" or "tokens") in this window, e.g. requests_per_hour."""
+        return f"{kind}_per_{self.name}"
+
+
+#: Every window a tenant's quotas may use (the Gemma guide's example: 100 requests per hour per user).
+WINDOWS = (QuotaWindow("minute", 60.0), QuotaWindow("hour", 3600.0), QuotaWindow("day", 86400.0))
+KINDS = ("requests", "tokens")
+WINDOW_S = WINDOWS[0].seconds  # the window GetUsage's top-level fields report, as before the longer windows
+
+
+@dataclass(frozen=True)
+class WindowUsage:
+    """A tenant's use of one window (limits are this router replica's share; None: unlimited)."""
+
+    window: str
+    seconds: float
+    requests: int
+    tokens: int
+    requests_limit: int | None
+    tokens_limit: int | None
+    #: When the oldest charge in the window expires (0 when empty).
+    reset_in_s: float
 
 
 @dataclass(frozen=True)
 class UsageSnapshot:
     tenant: str
-    requests: int
-    tokens: int
-    requests_limit: int | None
-    tokens_limit: int | None
     concurrent: int
     concurrent_limit: int | None
-    reset_in_s: float
+    #: One entry per window in WINDOWS order (minute, hour, day).
+    windows: tuple[WindowUsage, ...]
 
 
 class _Window:
-    """Amounts in the last WINDOW_S seconds."""
+    """Amounts charged in the last `seconds`, kept in at most ~60 buckets of seconds/60 each: a charge leaves the
+    window up to one bucket early (1 s of a minute, 1 min of an hour, 24 min of a day), never late."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._bucket = seconds / 60
         self.events: deque[tuple[float, int]] = deque()
         self.total = 0
 
     def prune(self, now: float) -> None:
-        while self.events and now - self.events[0][0] >= WINDOW_S:
+        while self.events and now - self.events[0][0] >= self.seconds:
             self.total -= self.events.popleft()[1]
 
     def add(self, now: float, amount: int) -> None:
-        # Tokens are charged per streamed chunk: charges within one second share an entry, so a window holds at most
-        # ~60 entries however many chunks stream.
-        if self.events and now - self.events[-1][0] < 1.0:
+        # Tokens are charged per streamed chunk: charges within one bucket share an entry.
+        if self.events and now - self.events[-1][0] < self._bucket:
             at, held = self.events[-1]
             self.events[-1] = (at, held + amount)
         else:
@@ -53,7 +82,22 @@ class _Window:
         self.total += amount
 
     def reset_in(self, now: float) -> float:
-        return WINDOW_S - (now - self.events[0][0]) if self.events else 0.0
+        return self.seconds - (now - self.events[0][0]) if self.events else 0.0
+
+
+class _TenantWindows:
+    """One tenant's requests and tokens in every window."""
+
+    def __init__(self) -> None:
+        self.windows = {(kind, w.name): _Window(w.seconds) for kind in KINDS for w in WINDOWS}
+
+    def prune(self, now: float) -> None:
+        for window in self.windows.values():
+            window.prune(now)
+
+    def add(self, kind: str, now: float, amount: int) -> None:
+        for w in WINDOWS:
+            self.windows[(kind, w.name)].add(now, amount)
 
 
 class TenantQuotas:
@@ -62,47 +106,49 @@ class TenantQuotas:
     def __init__(self, *, share: float = 1.0, clock=time.monotonic) -> None:
         self._share = share
         self._clock = clock
-        self._requests: dict[str, _Window] = defaultdict(_Window)
-        self._tokens: dict[str, _Window] = defaultdict(_Window)
+        self._tenants: dict[str, _TenantWindows] = defaultdict(_TenantWindows)
         self._concurrent: dict[str, int] = defaultdict(int)
 
-    def _limit(self, value: int | None) -> int | None:
+    def _limit(self, tenant: TenantConfig, kind: str, window: QuotaWindow) -> int | None:
+        value = getattr(tenant, window.field(kind))
         return None if value is None else max(1, math.floor(value * self._share))
 
     def admit(self, tenant: TenantConfig) -> None:
         """Count a new request or raise RateLimited saying which limit was hit and when to retry."""
         now = self._clock()
-        requests, tokens = self._requests[tenant.id], self._tokens[tenant.id]
-        requests.prune(now)
-        tokens.prune(now)
-        rpm, tpm, streams = (self._limit(tenant.requests_per_minute), self._limit(tenant.tokens_per_minute),
-                             tenant.max_concurrent_streams)
-        if rpm is not None and requests.total >= rpm:
-            raise RateLimited(f"tenant {tenant.id} exceeded requests_per_minute ({rpm} per router replica)",
-                              retry_after_s=max(requests.reset_in(now), 0.1))
-        if tpm is not None and tokens.total >= tpm:
-            raise RateLimited(f"tenant {tenant.id} exceeded tokens_per_minute ({tpm} per router replica)",
-                              retry_after_s=max(tokens.reset_in(now), 0.1))
+        held = self._tenants[tenant.id]
+        held.prune(now)
+        for kind in KINDS:
+            for w in WINDOWS:
+                limit, window = self._limit(tenant, kind, w), held.windows[(kind, w.name)]
+                if limit is not None and window.total >= limit:
+                    retry = max(window.reset_in(now), 0.1)
+                    raise RateLimited(f"tenant {tenant.id} exceeded {w.field(kind)} ({limit} per router replica); "
+                                      f"retry in {math.ceil(retry)} s", retry_after_s=retry)
+        streams = tenant.max_concurrent_streams
         if streams is not None and self._concurrent[tenant.id] >= streams:
             raise RateLimited(f"tenant {tenant.id} reached max_concurrent_streams ({streams})", retry_after_s=1.0)
-        requests.add(now, 1)
+        held.add("requests", now, 1)
         self._concurrent[tenant.id] += 1
 
     def charge(self, tenant: TenantConfig, tokens: int) -> None:
         if tokens > 0:
-            self._tokens[tenant.id].add(self._clock(), tokens)
+            self._tenants[tenant.id].add("tokens", self._clock(), tokens)
 
     def release(self, tenant: TenantConfig) -> None:
         self._concurrent[tenant.id] -= 1
 
     def usage(self, tenant: TenantConfig) -> UsageSnapshot:
         now = self._clock()
-        requests, tokens = self._requests[tenant.id], self._tokens[tenant.id]
-        requests.prune(now)
-        tokens.prune(now)
-        return UsageSnapshot(tenant.id, requests.total, tokens.total, self._limit(tenant.requests_per_minute),
-                             self._limit(tenant.tokens_per_minute), self._concurrent[tenant.id],
-                             tenant.max_concurrent_streams, max(requests.reset_in(now), tokens.reset_in(now)))
+        held = self._tenants[tenant.id]
+        held.prune(now)
+        windows = []
+        for w in WINDOWS:
+            requests, tokens = held.windows[("requests", w.name)], held.windows[("tokens", w.name)]
+            windows.append(WindowUsage(w.name, w.seconds, requests.total, tokens.total,
+                                       self._limit(tenant, "requests", w), self._limit(tenant, "tokens", w),
+                                       max(requests.reset_in(now), tokens.reset_in(now))))
+        return UsageSnapshot(tenant.id, self._concurrent[tenant.id], tenant.max_concurrent_streams, tuple(windows))
 
 
 class FairShare:

@@ -16,7 +16,7 @@ from gemma_serving.errors import InvalidRequest
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.health import ServiceHealth, ServiceState
 from gemma_serving.router.pipeline import InferencePipeline, collect
-from gemma_serving.router.quotas import WINDOW_S, UsageSnapshot
+from gemma_serving.router.quotas import UsageSnapshot, WindowUsage
 from gemma_serving.router.status import abort_with, status_for
 
 MODEL_STATUS_TO_PB = {
@@ -141,18 +141,33 @@ def credentials_of(context, metadata: dict[str, str]) -> Credentials:
     return Credentials(metadata.get("authorization"), subject, (context.peer() or "unknown").rsplit(":", 1)[0])
 
 
+def _remaining(limit: int | None, used: int) -> int:
+    return -1 if limit is None else max(limit - used, 0)
+
+
+def _window_pb(w: WindowUsage) -> pb.QuotaWindowUsage:
+    return pb.QuotaWindowUsage(
+        window=w.window, window_seconds=int(w.seconds), requests_in_window=w.requests, tokens_in_window=w.tokens,
+        requests_limit=-1 if w.requests_limit is None else w.requests_limit,
+        tokens_limit=-1 if w.tokens_limit is None else w.tokens_limit,
+        requests_remaining=_remaining(w.requests_limit, w.requests),
+        tokens_remaining=_remaining(w.tokens_limit, w.tokens), reset_in_ms=int(w.reset_in_s * 1000),
+    )
+
+
 def usage_to_pb(usage: UsageSnapshot) -> pb.GetUsageResponse:
-    unlimited = -1
+    minute = usage.windows[0]
     return pb.GetUsageResponse(
         tenant=usage.tenant,
-        window_seconds=int(WINDOW_S),
-        requests_in_window=usage.requests,
-        tokens_in_window=usage.tokens,
-        requests_remaining=unlimited if usage.requests_limit is None else max(usage.requests_limit - usage.requests, 0),
-        tokens_remaining=unlimited if usage.tokens_limit is None else max(usage.tokens_limit - usage.tokens, 0),
+        window_seconds=int(minute.seconds),
+        requests_in_window=minute.requests,
+        tokens_in_window=minute.tokens,
+        requests_remaining=_remaining(minute.requests_limit, minute.requests),
+        tokens_remaining=_remaining(minute.tokens_limit, minute.tokens),
         concurrent_streams=usage.concurrent,
-        concurrent_streams_limit=unlimited if usage.concurrent_limit is None else usage.concurrent_limit,
-        reset_in_ms=int(usage.reset_in_s * 1000),
+        concurrent_streams_limit=-1 if usage.concurrent_limit is None else usage.concurrent_limit,
+        reset_in_ms=int(minute.reset_in_s * 1000),
+        windows=[_window_pb(w) for w in usage.windows],
     )
 
 
