@@ -18,6 +18,7 @@ from gemma_serving.engines.types import (
     Message,
     Part,
     ResponseFormat,
+    ResponseTiming,
     Sampling,
     TextPart,
     Tool,
@@ -141,12 +142,24 @@ def _tool_calls_pb(calls: tuple[ToolCall, ...]) -> list[pb.ToolCall]:
     return [pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments_json) for c in calls]
 
 
+def timing_pb(timing: ResponseTiming | None) -> pb.ResponseTiming | None:
+    if timing is None:
+        return None
+    out = pb.ResponseTiming(time_to_first_token_seconds=timing.time_to_first_token_seconds,
+                            generation_seconds=timing.generation_seconds, tokens_per_second=timing.tokens_per_second)
+    if timing.queue_seconds is not None:
+        out.queue_seconds = timing.queue_seconds
+    return out
+
+
 def chunk_to_pb(chunk: Chunk, request_id: str) -> pb.GenerateChunk:
     out = pb.GenerateChunk(request_id=request_id, text=chunk.text)
     if chunk.finish_reason is not None:
         out.finish_reason = _FINISH_TO_PB[chunk.finish_reason]
         out.usage.CopyFrom(usage_pb(chunk))
         out.tool_calls.extend(_tool_calls_pb(chunk.tool_calls))
+        if chunk.timing is not None:
+            out.timing.CopyFrom(timing_pb(chunk.timing))
     return out
 
 
@@ -158,4 +171,5 @@ def response_to_pb(text: str, last: Chunk, request_id: str, model: str) -> pb.Ge
         finish_reason=_FINISH_TO_PB[last.finish_reason],
         usage=usage_pb(last),
         tool_calls=_tool_calls_pb(last.tool_calls),
+        timing=timing_pb(last.timing),
     )

@@ -135,6 +135,20 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseTiming:
+    """How long a response took, measured at the router (the Gemma guide's generation_time, tokens_per_second)."""
+
+    #: Between the router sending the request and a replica starting it (None if the replica did not say).
+    queue_seconds: float | None
+    #: From the router receiving the request to the first output reaching it.
+    time_to_first_token_seconds: float
+    #: From the router receiving the request to the last output reaching it.
+    generation_seconds: float
+    #: completion_tokens / generation_seconds.
+    tokens_per_second: float
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """Newly generated text since the previous chunk, with running token counts."""
 
@@ -146,10 +160,12 @@ class Chunk:
     queue_seconds: float | None = None
     #: Set on the last chunk when the model called tools.
     tool_calls: tuple[ToolCall, ...] = ()
+    #: Set by the router on the last chunk (router/timing.py).
+    timing: ResponseTiming | None = None
 
     def merge(self, later: Chunk) -> Chunk:
         """One chunk equivalent to `self` followed by `later` (used to coalesce ready deltas)."""
         return Chunk(
             self.text + later.text, later.prompt_tokens, later.completion_tokens, later.finish_reason,
-            self.queue_seconds, later.tool_calls,
+            self.queue_seconds, later.tool_calls, later.timing,
         )

@@ -18,6 +18,7 @@ from gemma_serving.engines.types import (
     ImagePart,
     Message,
     ResponseFormat,
+    ResponseTiming,
     Sampling,
     TextPart,
     Tool,
@@ -26,6 +27,7 @@ from gemma_serving.engines.types import (
 )
 from gemma_serving.errors import InvalidRequest, ReplicaGone
 from gemma_serving.router import openai_models as om
+from gemma_serving.router.timing import timing_json
 
 
 def _bad(message: str, field: str) -> InvalidRequest:
@@ -152,16 +154,25 @@ def chat_completion(request_id: str, model: str, text: str, last: Chunk) -> dict
     message: dict = {"role": "assistant", "content": text if not last.tool_calls else None}
     if last.tool_calls:
         message["tool_calls"] = tool_calls_json(last.tool_calls)
-    return {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": message, "finish_reason": FINISH[last.finish_reason]}],
-            "usage": usage(last)}
+    return _with_timing({
+        "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": FINISH[last.finish_reason]}],
+        "usage": usage(last)}, last)
+
+
+def _with_timing(body: dict, last: Chunk) -> dict:
+    """`body` with our `timing` extension object when the last chunk has one."""
+    if last.timing is not None:
+        body["timing"] = timing_json(last.timing)
+    return body
 
 
 def text_completion(request_id: str, model: str, text: str, last: Chunk) -> dict:
     """A /v1/completions response body (`text` includes the echoed prompt when echo was asked)."""
-    return {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": FINISH[last.finish_reason]}],
-            "usage": usage(last)}
+    return _with_timing({
+        "id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": FINISH[last.finish_reason]}],
+        "usage": usage(last)}, last)
 
 
 async def completion_events(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: str, model: str,
@@ -173,16 +184,19 @@ async def completion_events(stream: AsyncIterator[Chunk], first: Chunk | None, r
     while chunk is not None:
         finish = FINISH[chunk.finish_reason]
         if chunk.text or echo or finish:
-            yield {**head, "choices": [{"index": 0, "text": echo + chunk.text, "logprobs": None,
-                                        "finish_reason": finish}]}
+            yield _with_timing({**head, "choices": [{"index": 0, "text": echo + chunk.text, "logprobs": None,
+                                                     "finish_reason": finish}]}, chunk)
         echo, last, chunk = "", chunk, await anext(stream, None)
     if include_usage and last is not None:
         yield {**head, "choices": [], "usage": usage(last)}
 
 
-def chat_chunk(request_id: str, model: str, delta: dict, finish: str | None = None, usage_: dict | None = None) -> str:
+def chat_chunk(request_id: str, model: str, delta: dict, finish: str | None = None, usage_: dict | None = None,
+               *, timing: ResponseTiming | None = None) -> str:
     body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
     if usage_ is not None:
         body["usage"] = usage_
+    if timing is not None:
+        body["timing"] = timing_json(timing)  # our extension, on the chunk with the finish reason
     return json.dumps(body, ensure_ascii=False)

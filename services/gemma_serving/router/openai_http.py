@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from typing import AsyncIterator
 
@@ -24,6 +25,7 @@ from gemma_serving.router import openai_convert as oc
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.health import ServiceHealth
 from gemma_serving.router.pipeline import InferencePipeline, collect
+from gemma_serving.router.timing import with_timing
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +109,11 @@ class OpenAISurface:
             return _error_response(exc, request_id)
 
     def _stream(self, domain: GenerationRequest, http: Request, request_id: str) -> AsyncIterator[Chunk]:
+        received = time.monotonic()
         carrier = {k: v for k, v in http.headers.items() if k in ("traceparent", "tracestate")}
-        return oc.fail_on_abort(self._pipeline.stream(domain, request_id=request_id, time_remaining=None,
-                                                      carrier=carrier, credentials=_credentials(http)))
+        stream = self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier,
+                                       credentials=_credentials(http))
+        return with_timing(oc.fail_on_abort(stream), received=received)
 
     async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
         return await collect(self._stream(domain, http, request_id))
@@ -211,7 +215,7 @@ async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: st
                 delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(oc.tool_calls_json(chunk.tool_calls))]
             finish = oc.FINISH[chunk.finish_reason]
             if delta or finish:
-                yield f"data: {oc.chat_chunk(request_id, model, delta, finish)}\n\n"
+                yield f"data: {oc.chat_chunk(request_id, model, delta, finish, timing=chunk.timing)}\n\n"
             last, chunk = chunk, await anext(stream, None)
         if include_usage and first is not None:
             body = json.loads(oc.chat_chunk(request_id, model, {}, None, oc.usage(last)))

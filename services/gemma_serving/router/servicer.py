@@ -4,6 +4,7 @@ status."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import AsyncIterator
 
@@ -18,6 +19,7 @@ from gemma_serving.router.health import ServiceHealth, ServiceState
 from gemma_serving.router.pipeline import InferencePipeline, collect
 from gemma_serving.router.quotas import UsageSnapshot, WindowUsage
 from gemma_serving.router.status import abort_with, status_for
+from gemma_serving.router.timing import with_timing
 
 MODEL_STATUS_TO_PB = {
     ServiceState.READY: pb.MODEL_STATUS_READY,
@@ -36,14 +38,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._health = health
 
     def _chunks(self, request: pb.GenerateRequest, context, request_id: str) -> AsyncIterator[Chunk]:
+        received = time.monotonic()
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return self._pipeline.stream(
+        return with_timing(self._pipeline.stream(
             request_from_pb(request),
             request_id=request_id,
             time_remaining=context.time_remaining(),
             carrier=metadata,
             credentials=credentials_of(context, metadata),
-        )
+        ), received=received)
 
     async def GetUsage(self, request: pb.GetUsageRequest, context) -> pb.GetUsageResponse:
         request_id = _new_request_id()
