@@ -88,7 +88,8 @@ async def test_get_usage_and_v1_usage_report_every_window(make_router):
     assert usage.requests_in_window == 3 and usage.window_seconds == 60  # the top level stays the minute's
     await channel.close()
 
-    server, port = await start_http_server(OpenAISurface(parse_config({**CONFIG, **overrides}), router.pipeline).app(), "127.0.0.1", 0)
+    surface = OpenAISurface(parse_config({**CONFIG, **overrides}), router.pipeline)
+    server, port = await start_http_server(surface.app(), "127.0.0.1", 0)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             body = (await http.get("/v1/usage", headers=dict(auth(KEY_A)))).json()

@@ -107,8 +107,8 @@ def test_out_of_range_model_defaults_fail_at_config_load():
 
 
 @pytest.mark.parametrize("sampling,match", [({"n": 2}, "sampling.n must be 1"),
-                                            ({"logprobs": True}, "sampling.logprobs is not supported yet")])
-def test_declared_but_unserved_parameters_are_refused_not_ignored(config, sampling, match):
+                                            ({"top_logprobs": 2}, "top_logprobs needs sampling.logprobs true")])
+def test_unserved_or_inconsistent_parameters_are_refused_not_ignored(config, sampling, match):
     with pytest.raises(InvalidRequest, match=match):
         validate_request(_request(**sampling), config)
 
@@ -152,7 +152,7 @@ async def test_the_router_span_carries_every_set_sampling_parameter(config):
     deployment = await make_deployment(ServiceKind.TEXT, config.services[ServiceKind.TEXT], FakeEngine())
     pipeline = InferencePipeline(config, InProcessBackend({ServiceKind.TEXT: deployment}),
                                  tracer=provider.get_tracer("t"), metrics=RouterMetrics(CollectorRegistry()))
-    sampling = {k: v for k, v in EXAMPLES.items() if k not in ("n", "logprobs")}
+    sampling = {k: v for k, v in EXAMPLES.items() if k != "n"}
     await collect(pipeline.stream(_request(**sampling), request_id="r1", time_remaining=None, carrier={}))
     (span,) = exporter.get_finished_spans()
     assert span.attributes["gen_ai.request.temperature"] == 0.5

@@ -21,6 +21,7 @@ from gemma_serving.engines.types import (
     ResponseTiming,
     Sampling,
     TextPart,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolChoice,
@@ -152,8 +153,16 @@ def timing_pb(timing: ResponseTiming | None) -> pb.ResponseTiming | None:
     return out
 
 
+def logprobs_pb(logprobs: tuple[TokenLogprob, ...]) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token=t.token, logprob=t.logprob,
+                            top_logprobs=[pb.TopLogprob(token=tok, logprob=lp) for tok, lp in t.top])
+            for t in logprobs]
+
+
 def chunk_to_pb(chunk: Chunk, request_id: str) -> pb.GenerateChunk:
     out = pb.GenerateChunk(request_id=request_id, text=chunk.text)
+    if chunk.logprobs:
+        out.logprobs.extend(logprobs_pb(chunk.logprobs))
     if chunk.finish_reason is not None:
         out.finish_reason = _FINISH_TO_PB[chunk.finish_reason]
         out.usage.CopyFrom(usage_pb(chunk))
@@ -172,4 +181,5 @@ def response_to_pb(text: str, last: Chunk, request_id: str, model: str) -> pb.Ge
         usage=usage_pb(last),
         tool_calls=_tool_calls_pb(last.tool_calls),
         timing=timing_pb(last.timing),
+        logprobs=logprobs_pb(last.logprobs),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest
+from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, TokenLogprob
 from gemma_serving.errors import EngineDead
 
 
@@ -38,7 +38,9 @@ class FakeEngine:
             for i in range(n):
                 await asyncio.sleep(self.step_delay_s)
                 token = self.script[i] if self.script is not None else f" word{i}"
-                yield Chunk(token, prompt_tokens, i + 1, reason if i + 1 == n else None)
+                top = request.sampling.top_logprobs or 0
+                logprobs = (_logprobs(token, i, top),) if request.sampling.logprobs else ()
+                yield Chunk(token, prompt_tokens, i + 1, reason if i + 1 == n else None, logprobs=logprobs)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise
@@ -54,3 +56,9 @@ class FakeEngine:
 
     async def shutdown(self) -> None:
         self.started = False
+
+
+def _logprobs(token: str, i: int, top: int) -> TokenLogprob:
+    """Made-up but consistent: the sampled token is the most likely, alternatives `alt{k}` less so."""
+    sampled = -0.1 * (i + 1)
+    return TokenLogprob(token, sampled, ((token, sampled), *((f"alt{k}", sampled - k) for k in range(1, top)))[:top])

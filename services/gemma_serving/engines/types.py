@@ -135,6 +135,16 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log probability and, with top_logprobs, the most likely alternatives."""
+
+    token: str
+    logprob: float
+    #: (token, logprob) of the most likely tokens at this position, most likely first.
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseTiming:
     """How long a response took, measured at the router (the Gemma guide's generation_time, tokens_per_second)."""
 
@@ -162,10 +172,12 @@ class Chunk:
     tool_calls: tuple[ToolCall, ...] = ()
     #: Set by the router on the last chunk (router/timing.py).
     timing: ResponseTiming | None = None
+    #: With sampling.logprobs: one entry per token of this chunk's text.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     def merge(self, later: Chunk) -> Chunk:
         """One chunk equivalent to `self` followed by `later` (used to coalesce ready deltas)."""
         return Chunk(
             self.text + later.text, later.prompt_tokens, later.completion_tokens, later.finish_reason,
-            self.queue_seconds, later.tool_calls, later.timing,
+            self.queue_seconds, later.tool_calls, later.timing, self.logprobs + later.logprobs,
         )

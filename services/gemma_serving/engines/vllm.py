@@ -13,7 +13,14 @@ from gemma_serving.config import ModelConfig
 from gemma_serving.engines.prompts import chat_messages
 from gemma_serving.engines.sampling import to_vllm_fields
 from gemma_serving.engines.tool_calls import forced_call_schema
-from gemma_serving.engines.types import Chunk, DecodedAudio, DecodedImage, FinishReason, GenerationRequest
+from gemma_serving.engines.types import (
+    Chunk,
+    DecodedAudio,
+    DecodedImage,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+)
 from gemma_serving.errors import EngineDead, GemmaServingError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -89,6 +96,18 @@ def structured_outputs(request: GenerationRequest) -> Any:
     if fmt.kind == "regex":
         return StructuredOutputsParams(regex=fmt.pattern)
     return StructuredOutputsParams(choice=list(fmt.choices))
+
+
+def token_logprobs(token_ids, logprobs, top: int) -> tuple[TokenLogprob, ...]:
+    """Our TokenLogprobs from vLLM's per-token {token id: Logprob} maps: the sampled token and the `top` most likely
+    (by rank), clamped at -9999 as vLLM's server does (JSON has no -inf)."""
+    out = []
+    for token_id, candidates in zip(token_ids, logprobs):
+        sampled = candidates[token_id]
+        best = sorted(candidates.values(), key=lambda c: c.rank)[:top]
+        out.append(TokenLogprob(sampled.decoded_token or "", max(sampled.logprob, -9999.0),
+                                tuple((c.decoded_token or "", max(c.logprob, -9999.0)) for c in best)))
+    return tuple(out)
 
 
 class VllmEngine:
@@ -167,6 +186,7 @@ class VllmEngine:
                 raise InvalidRequest(f"adapter '{request.adapter[:64]}' is not loaded for model {self._model.name}",
                                      field="adapter")
         completion_tokens = 0
+        top = request.sampling.top_logprobs or 0
         stream = self._llm.generate(
             self._prompt(request),
             self._sampling_params(request),
@@ -181,7 +201,8 @@ class VllmEngine:
                 delta = out.outputs[0]
                 completion_tokens += len(delta.token_ids)
                 finish = _FINISH.get(delta.finish_reason) if out.finished else None
-                yield Chunk(delta.text, len(out.prompt_token_ids or ()), completion_tokens, finish)
+                logprobs = token_logprobs(delta.token_ids, delta.logprobs, top) if delta.logprobs else ()
+                yield Chunk(delta.text, len(out.prompt_token_ids or ()), completion_tokens, finish, logprobs=logprobs)
         except EngineDeadError as exc:
             raise EngineDead(f"engine for {self._model.name} died: {type(exc).__name__}") from exc
         except (VLLMClientError, ValueError) as exc:

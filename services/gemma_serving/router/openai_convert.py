@@ -21,6 +21,7 @@ from gemma_serving.engines.types import (
     ResponseTiming,
     Sampling,
     TextPart,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolChoice,
@@ -87,11 +88,13 @@ def _response_format(body: om.ChatBody) -> ResponseFormat | None:
     return ResponseFormat("json_schema", schema=fmt.json_schema.schema_)
 
 
-def sampling_from(body: Any) -> Sampling:
-    """The domain Sampling of a parsed body: each declared parameter under its name or an OpenAI alias (the alias
-    first, as OpenAI prefers max_completion_tokens over max_tokens)."""
+def sampling_from(body: Any, *, skip: tuple[str, ...] = ()) -> Sampling:
+    """The domain Sampling of a parsed body: each declared parameter (but `skip`) under its name or an OpenAI alias
+    (the alias first, as OpenAI prefers max_completion_tokens over max_tokens)."""
     values = {}
     for p in SAMPLING_PARAMS:
+        if p.name in skip:
+            continue
         given = [getattr(body, name, None) for name in (*p.openai_names, p.name)]
         value = next((v for v in given if v is not None), None)
         values[p.name] = None if value is None else check_value(p, value, p.name)
@@ -116,8 +119,11 @@ def completion_request(body: dict) -> tuple[GenerationRequest, om.CompletionBody
         if len(prompt) != 1:
             raise _bad(f"prompt must be a string or a list of one string, got a list of {len(prompt)}", "prompt")
         prompt = prompt[0]
-    sampling = sampling_from(parsed)
+    sampling = sampling_from(parsed, skip=om.COMPLETION_OWN_FIELDS)
     if parsed.logprobs is not None:
+        if parsed.echo:
+            raise _bad("echo with logprobs is not supported (prompt logprobs are not returned); drop one of them",
+                       "logprobs")
         sampling = dataclasses.replace(sampling, logprobs=True, top_logprobs=parsed.logprobs)
     request = GenerationRequest(parsed.model, (Message("user", (TextPart(prompt),)),), sampling, raw_prompt=True)
     return request, parsed
@@ -156,8 +162,33 @@ def chat_completion(request_id: str, model: str, text: str, last: Chunk) -> dict
         message["tool_calls"] = tool_calls_json(last.tool_calls)
     return _with_timing({
         "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": FINISH[last.finish_reason]}],
+        "choices": [{"index": 0, "message": message, "logprobs": chat_logprobs(last.logprobs),
+                     "finish_reason": FINISH[last.finish_reason]}],
         "usage": usage(last)}, last)
+
+
+def _top(token: str, logprob: float) -> dict:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", errors="replace"))}
+
+
+def chat_logprobs(logprobs: tuple[TokenLogprob, ...]) -> dict | None:
+    """OpenAI's chat `logprobs` object ({content: [...]}), or None when none were asked."""
+    if not logprobs:
+        return None
+    return {"content": [{**_top(t.token, t.logprob), "top_logprobs": [_top(tok, lp) for tok, lp in t.top]}
+                        for t in logprobs]}
+
+
+def completion_logprobs(logprobs: tuple[TokenLogprob, ...], offset: int) -> dict | None:
+    """OpenAI's legacy completions `logprobs` object; `offset` is where the first token starts in the text."""
+    if not logprobs:
+        return None
+    offsets = []
+    for t in logprobs:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {"tokens": [t.token for t in logprobs], "token_logprobs": [t.logprob for t in logprobs],
+            "top_logprobs": [dict(t.top) for t in logprobs], "text_offset": offsets}
 
 
 def _with_timing(body: dict, last: Chunk) -> dict:
@@ -171,7 +202,8 @@ def text_completion(request_id: str, model: str, text: str, last: Chunk) -> dict
     """A /v1/completions response body (`text` includes the echoed prompt when echo was asked)."""
     return _with_timing({
         "id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": FINISH[last.finish_reason]}],
+        "choices": [{"index": 0, "text": text, "logprobs": completion_logprobs(last.logprobs, 0),
+                     "finish_reason": FINISH[last.finish_reason]}],
         "usage": usage(last)}, last)
 
 
@@ -180,21 +212,24 @@ async def completion_events(stream: AsyncIterator[Chunk], first: Chunk | None, r
     """The chunks of a streamed /v1/completions response: text deltas (the echoed prompt before the first), the
     finish reason on the last, then with include_usage one chunk with usage and no choices."""
     head = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": model}
-    chunk, last = first, first
+    chunk, last, offset = first, first, len(echo)
     while chunk is not None:
         finish = FINISH[chunk.finish_reason]
         if chunk.text or echo or finish:
-            yield _with_timing({**head, "choices": [{"index": 0, "text": echo + chunk.text, "logprobs": None,
+            yield _with_timing({**head, "choices": [{"index": 0, "text": echo + chunk.text, "logprobs":
+                                                     completion_logprobs(chunk.logprobs, offset),
                                                      "finish_reason": finish}]}, chunk)
+        offset += len(chunk.text)
         echo, last, chunk = "", chunk, await anext(stream, None)
     if include_usage and last is not None:
         yield {**head, "choices": [], "usage": usage(last)}
 
 
 def chat_chunk(request_id: str, model: str, delta: dict, finish: str | None = None, usage_: dict | None = None,
-               *, timing: ResponseTiming | None = None) -> str:
+               *, timing: ResponseTiming | None = None, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
+    choice = {"index": 0, "delta": delta, "logprobs": chat_logprobs(logprobs), "finish_reason": finish}
     body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            "model": model, "choices": [choice]}
     if usage_ is not None:
         body["usage"] = usage_
     if timing is not None:

@@ -214,8 +214,9 @@ async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: st
             if chunk.tool_calls:
                 delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(oc.tool_calls_json(chunk.tool_calls))]
             finish = oc.FINISH[chunk.finish_reason]
-            if delta or finish:
-                yield f"data: {oc.chat_chunk(request_id, model, delta, finish, timing=chunk.timing)}\n\n"
+            if delta or finish or chunk.logprobs:
+                event = oc.chat_chunk(request_id, model, delta, finish, timing=chunk.timing, logprobs=chunk.logprobs)
+                yield f"data: {event}\n\n"
             last, chunk = chunk, await anext(stream, None)
         if include_usage and first is not None:
             body = json.loads(oc.chat_chunk(request_id, model, {}, None, oc.usage(last)))

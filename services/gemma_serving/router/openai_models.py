@@ -156,7 +156,8 @@ class _CompletionBody(_CommonBody):
 
 ChatBody = _with_sampling("ChatBody", _ChatBody)
 # Completions' `logprobs` is an integer (OpenAI's legacy shape): it sets both logprobs and top_logprobs.
-CompletionBody = _with_sampling("CompletionBody", _CompletionBody, skip=("logprobs", "top_logprobs"))
+COMPLETION_OWN_FIELDS = ("logprobs", "top_logprobs")
+CompletionBody = _with_sampling("CompletionBody", _CompletionBody, skip=COMPLETION_OWN_FIELDS)
 
 
 def parse_body(model: type[_Body], body: Any) -> Any:

@@ -179,13 +179,17 @@ class InferencePipeline:
 
 
 async def collect(stream: AsyncIterator[Chunk]) -> tuple[str, Chunk]:
-    """The whole text of a stream and its last chunk (finish reason, usage, tool calls), for unary answers."""
-    texts, last = [], None
+    """The whole text of a stream and its last chunk (finish reason, usage, tool calls; with logprobs, those of
+    every chunk), for unary answers."""
+    texts, logprobs, last = [], [], None
     async for chunk in stream:
         texts.append(chunk.text)
+        logprobs.extend(chunk.logprobs)
         last = chunk
     if last is None:
         raise GemmaServingError("the engine returned no output")
+    if logprobs:
+        last = dataclasses.replace(last, logprobs=tuple(logprobs))
     return "".join(texts), last
 
 

@@ -128,7 +128,7 @@ def _check_sampling(s: Sampling, kind: ServiceKind, config: ServingConfig) -> Sa
     if resolved.n is not None and resolved.n > 1:
         raise InvalidRequest(f"sampling.n must be 1: several choices per request are not supported yet, got "
                              f"{resolved.n}", field="sampling.n")
-    if resolved.logprobs:
-        raise InvalidRequest("sampling.logprobs is not supported yet; send false or leave it unset",
-                             field="sampling.logprobs")
+    if resolved.top_logprobs and not resolved.logprobs:
+        raise InvalidRequest(f"sampling.top_logprobs needs sampling.logprobs true, got top_logprobs "
+                             f"{resolved.top_logprobs} without it", field="sampling.top_logprobs")
     return resolved
