@@ -45,7 +45,7 @@ async def test_harmless_fields_that_clients_send_are_accepted(client):
     (dict(store=True), "store", "store is not supported"),
     (dict(top_p=0), "sampling.top_p", "top_p must be in (0, 1], got 0"),
     (dict(repetition_penalty=-1), "sampling.repetition_penalty", "repetition_penalty must be > 0"),
-    (dict(n=3), "sampling.n", "several choices per request are not supported yet"),
+    (dict(n=9), "sampling.n", "sampling.n must be 1..8, got 9"),
     (dict(messages=[{"role": "user", "content": [{"type": "video", "video": "x"}]}]), "messages[0].content[0]",
      "messages[0].content[0]: Input tag 'video' found using 'type' does not match any of the expected tags"),
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),

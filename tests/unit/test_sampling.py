@@ -106,11 +106,13 @@ def test_out_of_range_model_defaults_fail_at_config_load():
         _config_with_defaults({"max_tokens": 3})
 
 
-@pytest.mark.parametrize("sampling,match", [({"n": 2}, "sampling.n must be 1"),
-                                            ({"top_logprobs": 2}, "top_logprobs needs sampling.logprobs true")])
-def test_unserved_or_inconsistent_parameters_are_refused_not_ignored(config, sampling, match):
-    with pytest.raises(InvalidRequest, match=match):
-        validate_request(_request(**sampling), config)
+def test_inconsistent_or_unsplit_parameters_are_refused_not_ignored(config):
+    from gemma_serving.errors import GemmaServingError
+
+    with pytest.raises(InvalidRequest, match="top_logprobs needs sampling.logprobs true"):
+        validate_request(_request(top_logprobs=2), config)
+    with pytest.raises(GemmaServingError, match="must be split into choices"):
+        validate_request(_request(n=2), config)
 
 
 async def test_list_models_reports_each_models_default_sampling(make_router):

@@ -183,3 +183,22 @@ def response_to_pb(text: str, last: Chunk, request_id: str, model: str) -> pb.Ge
         timing=timing_pb(last.timing),
         logprobs=logprobs_pb(last.logprobs),
     )
+
+
+def choices_response_to_pb(choices: list[tuple[str, Chunk]], request_id: str, model: str,
+                           usage: tuple[int, int], timing: ResponseTiming | None) -> pb.GenerateResponse:
+    """The response to a request with several choices: choice 0 at the top level, all of them in `choices`,
+    `usage` as (prompt tokens, completion tokens) over all choices."""
+    text, last = choices[0]
+    out = response_to_pb(text, last, request_id, model)
+    out.usage.CopyFrom(pb.Usage(prompt_tokens=usage[0], completion_tokens=usage[1], total_tokens=sum(usage)))
+    out.ClearField("timing")
+    if timing is not None:
+        out.timing.CopyFrom(timing_pb(timing))
+    out.choices.extend(
+        pb.Choice(index=i, text=t, finish_reason=_FINISH_TO_PB[c.finish_reason],
+                  tool_calls=_tool_calls_pb(c.tool_calls), logprobs=logprobs_pb(c.logprobs),
+                  completion_tokens=c.completion_tokens)
+        for i, (t, c) in enumerate(choices)
+    )
+    return out

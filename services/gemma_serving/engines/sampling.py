@@ -167,12 +167,14 @@ def resolve(request: Any, defaults: Any, model: ModelConfig, limits: RequestLimi
         if value is None and p.name == "max_tokens":
             value = model.default_max_tokens
         if value is not None:
-            _check_range(p, value, model, limits)
+            check_range(p, value, model, limits)
         values[p.name] = value
     return Sampling(**values)
 
 
-def _check_range(p: SamplingParam, value: Any, model: ModelConfig, limits: RequestLimits) -> None:
+def check_range(p: SamplingParam, value: Any, model: ModelConfig | None, limits: RequestLimits | None) -> None:
+    """InvalidRequest naming sampling.<name>, the range and the value when `value` is out of range (model and limits
+    are needed only for bounds that depend on them)."""
     where = f"sampling.{p.name}"
     allowed = p.range_text(model, limits)
     suffix = f" for model {model.name}" if callable(p.high) and p.kind is not tuple else ""

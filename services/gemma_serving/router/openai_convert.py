@@ -147,24 +147,17 @@ async def fail_on_abort(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
 
 
 def usage(chunk: Chunk) -> dict:
-    return {"prompt_tokens": chunk.prompt_tokens, "completion_tokens": chunk.completion_tokens,
-            "total_tokens": chunk.prompt_tokens + chunk.completion_tokens}
+    return usage_json(chunk.prompt_tokens, chunk.completion_tokens)
+
+
+def usage_json(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def tool_calls_json(calls: tuple[ToolCall, ...]) -> list[dict]:
     return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
             for c in calls]
-
-
-def chat_completion(request_id: str, model: str, text: str, last: Chunk) -> dict:
-    message: dict = {"role": "assistant", "content": text if not last.tool_calls else None}
-    if last.tool_calls:
-        message["tool_calls"] = tool_calls_json(last.tool_calls)
-    return _with_timing({
-        "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": chat_logprobs(last.logprobs),
-                     "finish_reason": FINISH[last.finish_reason]}],
-        "usage": usage(last)}, last)
 
 
 def _top(token: str, logprob: float) -> dict:
@@ -191,45 +184,13 @@ def completion_logprobs(logprobs: tuple[TokenLogprob, ...], offset: int) -> dict
             "top_logprobs": [dict(t.top) for t in logprobs], "text_offset": offsets}
 
 
-def _with_timing(body: dict, last: Chunk) -> dict:
-    """`body` with our `timing` extension object when the last chunk has one."""
-    if last.timing is not None:
-        body["timing"] = timing_json(last.timing)
-    return body
-
-
-def text_completion(request_id: str, model: str, text: str, last: Chunk) -> dict:
-    """A /v1/completions response body (`text` includes the echoed prompt when echo was asked)."""
-    return _with_timing({
-        "id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": completion_logprobs(last.logprobs, 0),
-                     "finish_reason": FINISH[last.finish_reason]}],
-        "usage": usage(last)}, last)
-
-
-async def completion_events(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: str, model: str,
-                            include_usage: bool, echo: str) -> AsyncIterator[dict]:
-    """The chunks of a streamed /v1/completions response: text deltas (the echoed prompt before the first), the
-    finish reason on the last, then with include_usage one chunk with usage and no choices."""
-    head = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()), "model": model}
-    chunk, last, offset = first, first, len(echo)
-    while chunk is not None:
-        finish = FINISH[chunk.finish_reason]
-        if chunk.text or echo or finish:
-            yield _with_timing({**head, "choices": [{"index": 0, "text": echo + chunk.text, "logprobs":
-                                                     completion_logprobs(chunk.logprobs, offset),
-                                                     "finish_reason": finish}]}, chunk)
-        offset += len(chunk.text)
-        echo, last, chunk = "", chunk, await anext(stream, None)
-    if include_usage and last is not None:
-        yield {**head, "choices": [], "usage": usage(last)}
-
-
 def chat_chunk(request_id: str, model: str, delta: dict, finish: str | None = None, usage_: dict | None = None,
-               *, timing: ResponseTiming | None = None, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
-    choice = {"index": 0, "delta": delta, "logprobs": chat_logprobs(logprobs), "finish_reason": finish}
+               *, timing: ResponseTiming | None = None, logprobs: tuple[TokenLogprob, ...] = (), index: int = 0,
+               no_choices: bool = False) -> str:
+    """One chat.completion.chunk event's JSON (`index`: the choice, with n > 1; `no_choices`: the usage event)."""
+    choice = {"index": index, "delta": delta, "logprobs": chat_logprobs(logprobs), "finish_reason": finish}
     body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model, "choices": [choice]}
+            "model": model, "choices": [] if no_choices else [choice]}
     if usage_ is not None:
         body["usage"] = usage_
     if timing is not None:

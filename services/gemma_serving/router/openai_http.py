@@ -24,6 +24,8 @@ from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router import openai_convert as oc
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.health import ServiceHealth
+from gemma_serving.router import openai_responses as responses
+from gemma_serving.router.choices import choice_requests, collect_choices, merged
 from gemma_serving.router.pipeline import InferencePipeline, collect
 from gemma_serving.router.timing import with_timing
 
@@ -123,19 +125,32 @@ class OpenAISurface:
                 for s in self._config.services.values()]
         return JSONResponse({"object": "list", "data": data})
 
+    def _choice_streams(self, domain: GenerationRequest, http: Request, request_id: str
+                        ) -> list[AsyncIterator[Chunk]]:
+        requests = choice_requests(domain)
+        if len(requests) == 1:
+            return [self._stream(domain, http, request_id)]
+        return [self._stream(r, http, f"{request_id}-{i}") for i, r in enumerate(requests)]
+
     async def chat(self, http: Request):
         request_id = uuid.uuid4().hex
         try:
             domain, body = oc.chat_request(await _json(http))
+            streams = self._choice_streams(domain, http, request_id)
+            headers = {"x-request-id": request_id}
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            if body.stream and len(streams) == 1:
+                first = await _first_or_error(streams[0])  # errors before the first token become an HTTP error
+                return StreamingResponse(_sse(streams[0], first, request_id, domain.model, include_usage),
+                                         media_type="text/event-stream", headers=headers)
             if body.stream:
-                include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                stream = self._stream(domain, http, request_id)
-                first = await _first_or_error(stream)  # errors before the first token become a normal HTTP error
-                return StreamingResponse(_sse(stream, first, request_id, domain.model, include_usage),
-                                         media_type="text/event-stream", headers={"x-request-id": request_id})
-            text, last = await self._complete(domain, http, request_id)
-            return JSONResponse(oc.chat_completion(request_id, domain.model, text, last),
-                                headers={"x-request-id": request_id})
+                pairs = merged(streams)
+                first = await _first_or_error(pairs)
+                events = responses.chat_choice_events(pairs, first, request_id, domain.model, include_usage)
+                return StreamingResponse(_sse_text(events, pairs, request_id), media_type="text/event-stream",
+                                         headers=headers)
+            choices = await collect_choices(streams)
+            return JSONResponse(responses.chat_completion(request_id, domain.model, choices), headers=headers)
         except Exception as exc:
             return _error_response(exc, request_id)
 
@@ -145,16 +160,17 @@ class OpenAISurface:
         try:
             domain, body = oc.completion_request(await _json(http))
             echo = domain.messages[0].parts[0].text if body.echo else ""
+            streams = self._choice_streams(domain, http, request_id)
+            headers = {"x-request-id": request_id}
             if body.stream:
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                stream = self._stream(domain, http, request_id)
-                first = await _first_or_error(stream)
-                events = oc.completion_events(stream, first, request_id, domain.model, include_usage, echo)
-                return StreamingResponse(_sse_text(events, stream, request_id), media_type="text/event-stream",
-                                         headers={"x-request-id": request_id})
-            text, last = await self._complete(domain, http, request_id)
-            return JSONResponse(oc.text_completion(request_id, domain.model, echo + text, last),
-                                headers={"x-request-id": request_id})
+                pairs = merged(streams) if len(streams) > 1 else _indexed(streams[0])
+                first = await _first_or_error(pairs)
+                events = responses.completion_events(pairs, first, request_id, domain.model, include_usage, echo)
+                return StreamingResponse(_sse_text(events, pairs, request_id), media_type="text/event-stream",
+                                         headers=headers)
+            choices = await collect_choices(streams)
+            return JSONResponse(responses.text_completion(request_id, domain.model, choices, echo), headers=headers)
         except Exception as exc:
             return _error_response(exc, request_id)
 
@@ -232,12 +248,22 @@ async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: st
     yield "data: [DONE]\n\n"
 
 
-async def _sse_text(events: AsyncIterator[dict], stream: AsyncIterator[Chunk], request_id: str
+async def _indexed(stream: AsyncIterator[Chunk]) -> AsyncIterator[tuple[int, Chunk]]:
+    """A single choice's chunks as (0, chunk) pairs."""
+    try:
+        async for chunk in stream:
+            yield 0, chunk
+    finally:
+        await stream.aclose()
+
+
+async def _sse_text(events: AsyncIterator[dict | str], stream: AsyncIterator, request_id: str
                     ) -> AsyncIterator[str]:
-    """`events` as server-sent events ending with [DONE]; a failure mid-stream is one OpenAI error event."""
+    """`events` (bodies, or their JSON) as server-sent events ending with [DONE]; a failure mid-stream is one
+    OpenAI error event; `stream` (what the events come from) is closed at the end."""
     try:
         async for event in events:
-            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+            yield f"data: {event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)}\n\n"
     except asyncio.CancelledError:
         raise
     except Exception as exc:

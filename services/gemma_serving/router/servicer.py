@@ -10,11 +10,19 @@ from typing import AsyncIterator
 
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
-from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb, sampling_to_pb
+from gemma_serving.api.convert import (
+    MODALITY_TO_PB,
+    choices_response_to_pb,
+    chunk_to_pb,
+    request_from_pb,
+    response_to_pb,
+    sampling_to_pb,
+)
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk
 from gemma_serving.errors import InvalidRequest
 from gemma_serving.router.auth import Credentials
+from gemma_serving.router.choices import choice_requests, collect_choices, combined_timing, combined_usage, merged
 from gemma_serving.router.health import ServiceHealth, ServiceState
 from gemma_serving.router.pipeline import InferencePipeline, collect
 from gemma_serving.router.quotas import UsageSnapshot, WindowUsage
@@ -37,16 +45,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._pipeline = pipeline
         self._health = health
 
-    def _chunks(self, request: pb.GenerateRequest, context, request_id: str) -> AsyncIterator[Chunk]:
+    def _choices(self, request: pb.GenerateRequest, context, request_id: str) -> list[AsyncIterator[Chunk]]:
+        """One chunk stream per choice (one unless sampling.n > 1; then engine request ids get the choice index)."""
         received = time.monotonic()
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return with_timing(self._pipeline.stream(
-            request_from_pb(request),
-            request_id=request_id,
+        requests = choice_requests(request_from_pb(request))
+        ids = [request_id] if len(requests) == 1 else [f"{request_id}-{i}" for i in range(len(requests))]
+        return [with_timing(self._pipeline.stream(
+            domain,
+            request_id=choice_id,
             time_remaining=context.time_remaining(),
             carrier=metadata,
             credentials=credentials_of(context, metadata),
-        ), received=received)
+        ), received=received) for domain, choice_id in zip(requests, ids)]
 
     async def GetUsage(self, request: pb.GetUsageRequest, context) -> pb.GetUsageResponse:
         request_id = _new_request_id()
@@ -58,8 +69,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             await abort_with(context, exc, request_id)
 
     async def _complete(self, request: pb.GenerateRequest, context, request_id: str) -> pb.GenerateResponse:
-        text, last = await collect(self._chunks(request, context, request_id))
-        return response_to_pb(text, last, request_id, request.model)
+        streams = self._choices(request, context, request_id)
+        if len(streams) == 1:
+            text, last = await collect(streams[0])
+            return response_to_pb(text, last, request_id, request.model)
+        choices = await collect_choices(streams)
+        lasts = [last for _, last in choices]
+        return choices_response_to_pb(choices, request_id, request.model, combined_usage(lasts),
+                                      combined_timing(lasts))
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         request_id = _new_request_id()
@@ -71,8 +88,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateChunk]:
         request_id = _new_request_id()
         try:
-            async for chunk in self._chunks(request, context, request_id):
-                yield chunk_to_pb(chunk, request_id)
+            streams = self._choices(request, context, request_id)
+            if len(streams) == 1:
+                async for chunk in streams[0]:
+                    yield chunk_to_pb(chunk, request_id)
+                return
+            async for index, chunk in merged(streams):
+                out = chunk_to_pb(chunk, request_id)
+                out.index = index
+                yield out
         except Exception as exc:
             await abort_with(context, exc, request_id)
 

@@ -10,7 +10,7 @@ import dataclasses
 from gemma_serving.config import SERVICE_MODALITIES, ServiceKind, ServingConfig
 from gemma_serving.engines.sampling import resolve as resolve_sampling
 from gemma_serving.engines.types import AudioPart, GenerationRequest, ImagePart, Sampling, TextPart
-from gemma_serving.errors import InvalidRequest, ModelNotFound
+from gemma_serving.errors import GemmaServingError, InvalidRequest, ModelNotFound
 from gemma_serving.media import inspect_audio, inspect_image
 from gemma_serving.router.validation_options import check_options
 
@@ -124,10 +124,10 @@ def _check_modalities(request: GenerationRequest, kind: ServiceKind, config: Ser
 def _check_sampling(s: Sampling, kind: ServiceKind, config: ServingConfig) -> Sampling:
     model = config.services[kind].model
     resolved = resolve_sampling(s, model.default_sampling, model, config.limits)
-    # Declared (and range-checked) but not served yet: refused rather than silently ignored.
     if resolved.n is not None and resolved.n > 1:
-        raise InvalidRequest(f"sampling.n must be 1: several choices per request are not supported yet, got "
-                             f"{resolved.n}", field="sampling.n")
+        # Surfaces split such a request into one per choice (router/choices.py); one that did not would silently
+        # answer with one choice.
+        raise GemmaServingError(f"sampling.n={resolved.n} reached validation; it must be split into choices first")
     if resolved.top_logprobs and not resolved.logprobs:
         raise InvalidRequest(f"sampling.top_logprobs needs sampling.logprobs true, got top_logprobs "
                              f"{resolved.top_logprobs} without it", field="sampling.top_logprobs")
