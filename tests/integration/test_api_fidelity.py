@@ -25,7 +25,7 @@ def _generate(stub, **sampling):
 
 def test_every_sampling_parameter_is_accepted_by_vllm(stub):
     reply = _generate(stub, max_tokens=8, temperature=0.8, top_p=0.9, top_k=20, min_p=0.05, seed=3,
-                      stop=["\n\n"], repetition_penalty=1.05, presence_penalty=0.5, frequency_penalty=0.5,
+                      repetition_penalty=1.05, presence_penalty=0.5, frequency_penalty=0.5,
                       logprobs=True, top_logprobs=2, n=2, ignore_eos=True)
     assert len(reply.choices) == 2 and all(c.completion_tokens == 8 for c in reply.choices)  # ignore_eos
     assert all(len(c.logprobs) == 8 for c in reply.choices)

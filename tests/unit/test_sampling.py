@@ -162,3 +162,9 @@ async def test_the_router_span_carries_every_set_sampling_parameter(config):
     assert span.attributes["gemma_serving.request.repetition_penalty"] == 1.25
     assert span.attributes["gen_ai.request.max_tokens"] == 12
     assert "gen_ai.request.choice.count" not in span.attributes  # unset parameters are left off
+
+
+def test_the_readme_lists_every_declared_parameter():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [p.name for p in SAMPLING_PARAMS if f"| `{p.name}`" not in readme]
+    assert not missing, f"add {missing} to the README's sampling table"
