@@ -74,3 +74,22 @@ async def test_openai_streams_tag_each_choice_and_end_with_usage_over_all(client
         if endpoint == "chat":
             assert mine[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+
+
+async def test_a_client_leaving_a_streamed_multi_choice_request_aborts_every_choice(router):
+    import asyncio
+
+    from gemma_serving.config import ServiceKind
+
+    stub, backend = router
+    engine = backend.engines[ServiceKind.TEXT]
+    call = stub.GenerateStream(pb.GenerateRequest(model="text-model", messages=[message("hi")],
+                                                  sampling=pb.SamplingParams(max_tokens=90, n=3)))
+    await call.read()
+    call.cancel()
+    for _ in range(100):
+        if len(engine.aborted) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(a.rsplit("-", 1)[1] for a in engine.aborted) == ["0", "1", "2"]
+    assert not engine.in_flight

@@ -22,10 +22,10 @@ from gemma_serving.config import ServingConfig
 from gemma_serving.engines.types import AudioPart, AudioTask, Chunk, GenerationRequest, Message, Sampling, TextPart
 from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.router import openai_convert as oc
-from gemma_serving.router.auth import Credentials
-from gemma_serving.router.health import ServiceHealth
 from gemma_serving.router import openai_responses as responses
+from gemma_serving.router.auth import Credentials
 from gemma_serving.router.choices import choice_requests, collect_choices, merged
+from gemma_serving.router.health import ServiceHealth
 from gemma_serving.router.pipeline import InferencePipeline, collect
 from gemma_serving.router.timing import with_timing
 

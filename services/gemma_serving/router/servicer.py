@@ -93,10 +93,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 async for chunk in streams[0]:
                     yield chunk_to_pb(chunk, request_id)
                 return
-            async for index, chunk in merged(streams):
-                out = chunk_to_pb(chunk, request_id)
-                out.index = index
-                yield out
+            pairs = merged(streams)
+            try:
+                async for index, chunk in pairs:
+                    out = chunk_to_pb(chunk, request_id)
+                    out.index = index
+                    yield out
+            finally:
+                await pairs.aclose()  # a client that goes away aborts every choice's engine request
         except Exception as exc:
             await abort_with(context, exc, request_id)
 
