@@ -95,8 +95,9 @@ def _sampling_defaults_model() -> type[Strict]:
         if p.high is not None and not callable(p.high):
             bounds["le"] = p.high
         kind = list[str] if p.kind is tuple else p.kind
-        fields[p.name] = (Optional[kind], Field(None, description=f"{p.description} Allowed: {p.range_text()}.",
-                                                **bounds))
+        unset = "" if p.engine_default is None else f" Unset: vLLM's {str(p.engine_default).lower()}."
+        fields[p.name] = (Optional[kind], Field(None, description=f"{p.description} Allowed: {p.range_text()}."
+                                                f"{unset}", **bounds))
     model = create_model("SamplingDefaults", __base__=Strict, **fields)
     model.__doc__ = ("Sampling a model uses when a request leaves a parameter unset (null: vLLM's default), e.g. "
                      "the Gemma guide's temperature 0.7, top_p 0.9, repetition_penalty 1.05.")

@@ -39,7 +39,8 @@ class SamplingParam:
     low_open: bool = False
     #: For a tuple: the allowed length of each string, 1..item_chars.
     item_chars: ContextBound | None = None
-    #: What vLLM uses when neither the request nor the model's defaults set it (documentation, ListModels).
+    #: What vLLM uses when neither the request nor the model's defaults set it (None: nothing, e.g. no seed);
+    #: stated in the config schema's descriptions.
     engine_default: Any = None
     #: Other names the OpenAI surface accepts for it, preferred first (e.g. max_completion_tokens).
     openai_names: tuple[str, ...] = ()
