@@ -303,6 +303,7 @@ def main() -> None:
 
     model_cfg = text_model_config(PROFILES["cpu"], None, args.output_len)
     model_cfg["adapters"] = []  # vLLM's server runs without LoRA: so does the platform here
+    model_cfg["adapter_registry"] = None  # (a registry enables LoRA too)
     model_dir = resolve_model_source(model_cfg["source"], progress=lambda m: progress(f"model: {m}"))
     workload = {"model": model_cfg["name"], "tokenizer": str(model_dir), "concurrency": concurrency,
                 "prompts": prompts, "input_len": args.input_len, "output_len": args.output_len, "warmups": 2,

@@ -12,6 +12,7 @@ from ray import serve
 from ray.serve import Application
 
 from gemma_serving.config import ServiceConfig, ServiceKind, ServingConfig, load_config, parse_config
+from gemma_serving.deployments.autoscaling import policy_option
 from gemma_serving.deployments.modality import ModalityDeployment, resolve_checkpoint, vllm_engine_factory
 from gemma_serving.router.server import RouterDeployment
 
@@ -29,18 +30,21 @@ def deployment_options(kind: ServiceKind, service: ServiceConfig) -> dict[str, A
         actor["resources"] = {f"{ACCELERATOR_RESOURCE_PREFIX}{d.accelerator_type}": 0.001}
     env = {"VLLM_CPU_KVCACHE_SPACE": str(service.model.engine.cpu_kv_cache_gib), **d.env}
     actor["runtime_env"] = {"env_vars": env}
+    autoscaling = {
+        "min_replicas": a.min_replicas,
+        "initial_replicas": max(a.min_replicas, 1) if kind is ServiceKind.TEXT else a.min_replicas,
+        "max_replicas": a.max_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+    }
+    if a.policy == "engine_saturation":
+        autoscaling["policy"] = policy_option(a.saturation)
     return {
         "name": f"{kind.value}",
         "max_ongoing_requests": d.max_ongoing_requests,
         "max_queued_requests": d.max_queued_requests,
-        "autoscaling_config": {
-            "min_replicas": a.min_replicas,
-            "initial_replicas": max(a.min_replicas, 1) if kind is ServiceKind.TEXT else a.min_replicas,
-            "max_replicas": a.max_replicas,
-            "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s,
-            "downscale_delay_s": a.downscale_delay_s,
-        },
+        "autoscaling_config": autoscaling,
         "ray_actor_options": actor,
         # vLLM engines take tens of seconds (minutes for real checkpoints) to load.
         "health_check_timeout_s": 60,

@@ -1,8 +1,9 @@
-"""`gemma-serving` command: up, serve, down, status, generate, demo, build-models."""
+"""`gemma-serving` command: up, serve, down, status, metrics, generate, demo, finetune, adapters, build-models."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -67,12 +68,48 @@ def _cmd_generate(args) -> int:
     with GemmaClient(args.target) as client:
         model = args.model or client.model_for(needs)
         if args.stream:
-            for chunk in client.stream(model, [message(*parts)], max_tokens=args.max_tokens):
+            for chunk in client.stream(model, [message(*parts)], max_tokens=args.max_tokens, adapter=args.adapter):
                 print(chunk.text, end="", flush=True)
             print()
         else:
-            reply = client.generate(model, [message(*parts)], max_tokens=args.max_tokens)
+            reply = client.generate(model, [message(*parts)], max_tokens=args.max_tokens, adapter=args.adapter)
             print(reply.text)
+    return 0
+
+
+def _cmd_metrics(args) -> int:
+    import json
+    import time
+
+    from gemma_serving.telemetry import snapshot
+
+    config = load_config(args.config)
+    routers = args.router_metrics or [f"http://{config.router.host}:{config.telemetry.metrics_port}/metrics"]
+    engines = args.engine_metrics or snapshot.ray_metrics_urls(Path(args.ray_discovery_file))
+
+    def scrape_all():
+        texts = [snapshot.scrape(url) for url in routers]
+        for url in engines:  # a node without replicas or a restarting agent must not hide the router's numbers
+            try:
+                texts.append(snapshot.scrape(url))
+            except OSError as exc:
+                print(f"warning: engine metrics at {url} unreadable: {exc}", file=sys.stderr)
+        return snapshot.parse(texts)
+
+    samples = scrape_all()
+    if args.window > 0:
+        time.sleep(args.window)
+        samples = snapshot.delta(samples, scrape_all())
+    summary = snapshot.summarize(samples)
+    if args.json:
+        text = json.dumps({"window_s": args.window or None, "services": summary}, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+            print(f"wrote {args.json}")
+    if args.json != "-":
+        print(snapshot.format_table(summary))
     return 0
 
 
@@ -94,7 +131,62 @@ def _cmd_demo(args) -> int:
             print(f"--- {label} via {model}: {reply.usage.prompt_tokens} prompt tokens, "
                   f"{reply.usage.completion_tokens} generated, finish={pb.FinishReason.Name(reply.finish_reason)}")
             print(reply.text)
+    if not args.no_finetune:
+        from gemma_serving.finetune.command import demo_finetune
+
+        demo_finetune(load_config(args.config), args.target, args.max_tokens)
     return 0
+
+
+def _cmd_finetune(args) -> int:
+    from gemma_serving.finetune.command import finetune_command
+
+    return finetune_command(args, load_config(args.config))
+
+
+def _cmd_adapters(args) -> int:
+    from gemma_serving.client import GemmaClient
+
+    with GemmaClient(args.target, api_key=os.environ.get(args.api_key_env) or None) as client:
+        if args.action == "list":
+            for model in client.list_models():
+                print(f"{model.name}: {', '.join(model.adapters) or '(no adapters)'}")
+            return 0
+        model = args.model or client.model_for({"text"})
+        if args.action == "register":
+            if not args.source:
+                raise ValueError("adapters register needs NAME and SOURCE (the PEFT adapter directory)")
+            entry = client.register_adapter(model, args.name, args.source, replace=args.replace)
+            print(f"registered adapter {entry.name} of {model} from {entry.source} (LoRA id {entry.lora_id})")
+        else:
+            entry = client.unregister_adapter(model, args.name)
+            print(f"unregistered adapter {entry.name} of {model} (was {entry.source})")
+    return 0
+
+
+def _add_finetune_parser(add) -> None:
+    p = add("finetune", _cmd_finetune, "LoRA fine-tune the text model as a Ray Train job and register the adapter",
+            config=True, target=True)
+    p.add_argument("--dataset", required=True, help="JSONL chat conversations: {\"messages\": [{role, content}]}")
+    p.add_argument("--adapter", required=True, help="name to register the adapter under")
+    p.add_argument("--model", default=None, help="model to adapt (default: the text service's model)")
+    p.add_argument("--output", default=None, help="adapter directory (default: <adapter_registry>/<adapter>)")
+    p.add_argument("--settings", default=None, help="YAML with lora:, training:, workers: (FinetuneSettings)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. training.epochs=10 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter directory")
+    p.add_argument("--replace", action="store_true", help="replace an existing registration of the name")
+    p.add_argument("--no-register", action="store_true", help="only train and write the adapter")
+    p.add_argument("--no-ray", action="store_true", help="train in this process instead of a Ray Train job")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or the local one)")
+    p.add_argument("--api-key-env", default="GEMMA_API_KEY", help="environment variable holding an admin API key")
+    p = add("adapters", _cmd_adapters, "list, register or unregister LoRA adapters (admin)", target=True)
+    p.add_argument("action", choices=("list", "register", "unregister"))
+    p.add_argument("name", nargs="?", default="", help="adapter name (register, unregister)")
+    p.add_argument("source", nargs="?", default="", help="PEFT adapter directory or gs:// path (register)")
+    p.add_argument("--model", default=None, help="model (default: the text model)")
+    p.add_argument("--replace", action="store_true", help="replace an existing registration")
+    p.add_argument("--api-key-env", default="GEMMA_API_KEY", help="environment variable holding an admin API key")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,8 +216,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", help="audio file to send with the prompt")
     p.add_argument("--stream", action="store_true", help="print tokens as they arrive")
     p.add_argument("--max-tokens", type=int, default=32)
-    p = add("demo", _cmd_demo, "send one text, one image+text and one audio+text request", target=True)
+    p.add_argument("--adapter", default="", help="LoRA adapter of the model to use")
+    p = add("metrics", _cmd_metrics, "print a per-service metrics summary (requests, success, latency, KV cache, "
+            "quality)", config=True)
+    p.add_argument("--router-metrics", action="append", help="router /metrics URL (repeat for several; default "
+                   "from the config's router.host and telemetry.metrics_port)")
+    p.add_argument("--engine-metrics", action="append", help="Ray metrics export URL of a node (repeat; default: "
+                   "every node in Ray's Prometheus service-discovery file)")
+    p.add_argument("--ray-discovery-file", default="/tmp/ray/prom_metrics_service_discovery.json",
+                   help="Ray's Prometheus service-discovery file, listing each node's metrics export address")
+    p.add_argument("--window", type=float, default=0.0,
+                   help="seconds between two scrapes: counters and percentiles over that window (0: since start)")
+    p.add_argument("--json", help="also write the summary as JSON to this file ('-': JSON only, on stdout)")
+    p = add("demo", _cmd_demo, "send text, image+text and audio+text requests, then fine-tune and ask the adapter",
+            target=True, config=True)
     p.add_argument("--max-tokens", type=int, default=24)
+    p.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning step")
+    _add_finetune_parser(add)
     return parser
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gemma_serving.engines.sampling import SAMPLING_PARAMS
 from gemma_serving.errors import InvalidRequest
+from gemma_serving.observability_config import HealthProbeSettings, QualitySettings, SaturationTargets
 from gemma_serving.security_config import SecuritySettings
 
 
@@ -83,6 +84,10 @@ class EngineSettings(Strict):
         return self
 
 
+#: What an adapter name may look like (config adapters, registered adapters, fine-tuned adapters).
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 def _sampling_defaults_model() -> type[Strict]:
     """SamplingDefaults: one optional field per defaultable sampling parameter, bounds from its declaration."""
     fields: dict[str, Any] = {}
@@ -110,9 +115,7 @@ SamplingDefaults = _sampling_defaults_model()
 class AdapterConfig(Strict):
     """A LoRA adapter of a model, chosen per request with GenerateRequest.adapter."""
 
-    name: str = Field(
-        ..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Name clients put in GenerateRequest.adapter."
-    )
+    name: str = Field(..., pattern=ADAPTER_NAME_PATTERN, description="Name clients put in GenerateRequest.adapter.")
     source: str = Field(
         ...,
         min_length=1,
@@ -146,6 +149,15 @@ class ModelConfig(Strict):
         description="LoRA adapters requests may select by name (text models only). Loaded into a replica on first "
         "use, bounded by engine.max_cpu_loras (LRU); requests for an adapter prefer replicas that have it loaded.",
     )
+    adapter_registry: str | None = Field(
+        None,
+        min_length=1,
+        description="Directory of this model's live adapter registry (text models only): a local path or "
+        "gs://<bucket>/<path> through the GCS FUSE mount, shared by routers and replicas. Admins add and remove "
+        "adapters at run time (Admin.RegisterAdapter / UnregisterAdapter, `gemma-serving adapters`); each is one "
+        "JSON file under <dir>/.registry/, so registrations survive restarts. Fine-tuned adapters are written to "
+        "<dir>/<name>/ by default. None: only `adapters` are served.",
+    )
 
     @model_validator(mode="after")
     def _unique_adapter_names(self) -> ModelConfig:
@@ -171,6 +183,16 @@ class AutoscalingSettings(Strict):
     target_ongoing_requests: float = Field(8, gt=0, description="Ongoing requests per replica the autoscaler aims at.")
     upscale_delay_s: float = Field(10, ge=0, description="Sustained demand needed before adding replicas.")
     downscale_delay_s: float = Field(300, ge=0, description="Sustained idleness needed before removing replicas.")
+    # Which signal scales the service (observability_config.py).
+    policy: Literal["ongoing_requests", "engine_saturation"] = Field(
+        "ongoing_requests",
+        description="ongoing_requests: Serve's default (target_ongoing_requests per replica). engine_saturation: "
+        "the engines' own KV-cache usage and waiting requests against `saturation` (a Ray Serve custom policy fed "
+        "by each replica's record_autoscaling_stats); falls back to ongoing requests while no engine reports.",
+    )
+    saturation: SaturationTargets = Field(
+        default_factory=SaturationTargets, description="Targets of the engine_saturation policy."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingSettings:
@@ -196,6 +218,16 @@ class DeploymentSettings(Strict):
         description="Longest a request waits for its first output, which covers a replica starting (scale from "
         "zero, replacement after a crash) and queueing; then UNAVAILABLE with retry info. The request's deadline "
         "applies too.",
+    )
+    stream_flush_ms: float = Field(
+        0, ge=0, le=1000,
+        description="Token path coalescing: 0 sends the deltas of every in-flight request that are ready in one "
+        "event-loop pass (one engine step) to each router as one message; above 0 a replica also holds later deltas "
+        "up to this long to merge more (fewer messages, coarser streams). A stream's first and last deltas always go "
+        "at once.",
+    )
+    health_probe: HealthProbeSettings = Field(
+        default_factory=HealthProbeSettings, description="Short-generation health probe of each replica."
     )
 
 
@@ -253,6 +285,11 @@ class RouterSettings(Strict):
     max_request_seconds: float = Field(
         600, gt=0, le=86400, description="Longest any request may run; caps (or stands in for) the client deadline."
     )
+    delta_channel_port: int = Field(
+        0, ge=0, le=65535,
+        description="Port of the router's token-path channel (ZeroMQ PULL) that replicas push deltas to; 0 picks a "
+        "free one. Replicas reach it at this node's Ray address, so it must be open between pods, not outside.",
+    )
 
 
 class TelemetrySettings(Strict):
@@ -265,6 +302,17 @@ class TelemetrySettings(Strict):
     service_name: str = Field("gemma-serving", min_length=1, description="service.name resource attribute.")
     export_delay_ms: int = Field(5000, gt=0, le=60000, description="Batch span export interval.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus scrape port of each router (0 = any).")
+    # Engine metrics and quality scores (observability_config.py).
+    engine_metrics: bool = Field(
+        True,
+        description="Export vLLM's own engine metrics (KV cache, queue, preemptions, TTFT/ITL as the engine sees "
+        "them) and replica memory through Ray's metrics agent (ray_vllm_*, ray_gemma_serving_replica_*), labelled "
+        "by service, model and replica. Off: no export; vLLM computes statistics only for a service whose "
+        "autoscaling policy is engine_saturation (else none at all, no per-step stats work).",
+    )
+    quality: QualitySettings = Field(
+        default_factory=QualitySettings, description="Sampled quality scores of finished answers (off by default)."
+    )
 
 
 class ServingConfig(Strict):
@@ -284,9 +332,17 @@ class ServingConfig(Strict):
             raise ValueError(f"model names must be unique across services, got {names}")
         if not self.services:
             raise ValueError("at least one service must be configured")
-        with_adapters = [k.value for k, s in self.services.items() if s.model.adapters and k is not ServiceKind.TEXT]
+        with_adapters = [k.value for k, s in self.services.items()
+                         if (s.model.adapters or s.model.adapter_registry) and k is not ServiceKind.TEXT]
         if with_adapters:
             raise ValueError(f"LoRA adapters are supported on the text service only, not on {', '.join(with_adapters)}")
+        return self
+
+    @model_validator(mode="after")
+    def _judge_is_served(self) -> ServingConfig:
+        judge = self.telemetry.quality.judge_model
+        if judge is not None and self.service_for_model(judge) is None:
+            raise ValueError(f"telemetry.quality.judge_model '{judge}' is not a served model")
         return self
 
     def service_for_model(self, model_name: str) -> ServiceKind | None:

@@ -52,6 +52,13 @@ class ModelNotFound(GemmaServingError):
     http_status = 404
 
 
+class AlreadyExists(GemmaServingError):
+    """The thing to create exists already (e.g. an adapter name that is registered)."""
+
+    grpc_code = "ALREADY_EXISTS"
+    http_status = 409
+
+
 class RateLimited(GemmaServingError):
     grpc_code = "RESOURCE_EXHAUSTED"
     http_status = 429

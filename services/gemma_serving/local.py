@@ -21,6 +21,9 @@ from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
 
+#: In run_dir(): the GCS address of the Ray cluster `serve_forever` owns.
+RAY_ADDRESS_FILE = "ray_address"
+
 
 def run_dir() -> Path:
     """Where the background platform keeps its pid file and log."""
@@ -42,6 +45,9 @@ def serve_forever(config: ServingConfig) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     began = time.monotonic()
     ray.init(include_dashboard=False, logging_level="WARNING")
+    address_file = run_dir() / RAY_ADDRESS_FILE
+    # Other drivers on this machine (`gemma-serving finetune`, the demo) join this cluster through it.
+    address_file.write_text(ray.get_runtime_context().gcs_address)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": 8000})
         print(f"deploying app '{config.app_name}' (engines load in 30-100 s on CPU) ...", flush=True)
@@ -52,7 +58,16 @@ def serve_forever(config: ServingConfig) -> None:
         print("shutting down ...", flush=True)
         serve.shutdown()
     finally:
+        address_file.unlink(missing_ok=True)
         ray.shutdown()
+
+
+def local_ray_address() -> str | None:
+    """The GCS address of the background platform's Ray cluster, while it runs (None otherwise)."""
+    path = run_dir() / RAY_ADDRESS_FILE
+    if _pid() is None or not path.is_file():
+        return None
+    return path.read_text().strip() or None
 
 
 def router_serving(target: str, timeout_s: float = 2.0) -> bool:

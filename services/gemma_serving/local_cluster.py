@@ -88,6 +88,7 @@ def pinned_config(app_name: str, *, text_max_replicas: int = 2, audio_max_replic
     cpu_env = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     text = data["services"]["text"]
     text["model"]["adapters"] = []
+    text["model"]["adapter_registry"] = None
     text["model"]["engine"]["max_num_seqs"] = 4  # requests queue in the engine under load
     for kind, accelerator, low, high, down in (("text", L4, 1, text_max_replicas, text_downscale_delay_s),
                                                ("audio", H100, 0, audio_max_replicas, audio_downscale_delay_s)):
@@ -151,3 +152,22 @@ class ClusterView:
             if all(have.get(k) == v for k, v in labels.items()):
                 total += float(value)
         return total
+
+
+def ray_metrics_urls() -> list[str]:
+    """The metrics export endpoint of every live node of the connected Ray cluster: where Ray's metrics agent serves
+    what replicas record with ray.util.metrics (vLLM's engine metrics among them); the chart scrapes the same port."""
+    import ray
+
+    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes() if n["Alive"]]
+
+
+def engine_metrics_texts() -> list[str]:
+    """The Prometheus text of every reachable node's metrics agent (a node that just went away is skipped)."""
+    texts = []
+    for url in ray_metrics_urls():
+        try:
+            texts.append(urllib.request.urlopen(url, timeout=10).read().decode())
+        except OSError:
+            continue
+    return texts

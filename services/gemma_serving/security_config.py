@@ -38,6 +38,10 @@ class TenantConfig(_Strict):
     requests_per_day: int | None = Field(None, gt=0, description="Requests per sliding day (null: unlimited).")
     tokens_per_day: int | None = Field(None, gt=0, description="Tokens per sliding day (null: unlimited).")
     max_concurrent_streams: int | None = Field(None, gt=0, description="Requests in flight at once (null: no cap).")
+    admin: bool = Field(
+        False, description="May call the Admin service (register / unregister LoRA adapters). With auth disabled "
+        "every caller may (there is no identity to check).",
+    )
 
 
 class TlsSettings(_Strict):

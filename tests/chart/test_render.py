@@ -12,10 +12,13 @@ from tests.chart.chartlib import (
     objects,
     profile_values,
     rayservice,
+    real_crds_available,
     render,
     validate_object,
     validate_pod_template,
 )
+
+ROUTER_SVC = "gemma-gemma-serving-head-svc"
 
 
 def _pod_templates(rs):
@@ -34,16 +37,20 @@ def _config(rs):
 def test_every_object_validates(profile):
     docs = objects(render(profile))
     sources = {validate_object(d) for d in docs}
-    assert {"kubernetes", "crd-subset"} <= sources
+    assert "kubernetes" in sources
+    # The RayService: KubeRay 1.7.0's own CRD (plus the operator's Go-side rules) whenever shared/ is there.
+    assert validate_object(rayservice(docs)) == ("kuberay-crd" if real_crds_available() else "crd-subset")
     for _, group in _pod_templates(rayservice(docs)):
         validate_pod_template(group["template"])
 
 
 def test_optional_objects_validate():
-    """Gateway, GRPCRoute, GKE policies, ServiceMonitor and every storage mode, all switched on."""
-    for storage in ("gcsFuse", "pvc", "huggingFace", "none"):
+    """Gateway, GRPCRoute, GKE policies, ServiceMonitor, every storage mode and upgrade strategy, all switched on."""
+    strategies = ["NewCluster", "NewClusterWithIncrementalUpgrade", "None", "NewCluster"]
+    for storage, strategy in zip(("gcsFuse", "pvc", "huggingFace", "none"), strategies, strict=True):
         docs = objects(
             render(
+                ray={"upgradeStrategy": strategy},
                 gateway={"enabled": True, "hostname": "gemma.example.com", "tls": {"secretName": "gemma-tls"}},
                 monitoring={"serviceMonitor": {"enabled": True}},
                 networkPolicy={"routerFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]},
@@ -66,10 +73,10 @@ def test_schema_validation_catches_a_bad_object():
     rs["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["rayStartParams"]["num-gpus"] = 1
     with pytest.raises(AssertionError, match="rayStartParams"):
         validate_object(rs)
-    svc = find(objects(render()), "Service", "-router")[0]
-    svc["spec"]["ports"][0]["portt"] = 1
-    with pytest.raises(kubernetes_validate.ValidationError, match="portt"):
-        validate_object(svc)
+    (pdb,) = find(objects(render()), "PodDisruptionBudget", "-head")
+    pdb["spec"]["minAvailablee"] = 1
+    with pytest.raises(kubernetes_validate.ValidationError, match="minAvailablee"):
+        validate_object(pdb)
 
 
 def test_worker_group_per_accelerator(profile):
@@ -138,27 +145,29 @@ def test_autoscaler_and_pinned_image(profile):
         assert group["template"]["spec"]["containers"][0]["image"].endswith("@" + digest)
 
 
-def test_router_service_and_drain(profile):
+def test_router_ports_and_drain(profile):
+    """The router's ports ride on the RayService's head Service (test_kuberay.py checks what KubeRay makes of it):
+    gRPC with h2c (GKE's load balancer speaks HTTP/2 cleartext to it), the OpenAI surface with http."""
     docs = objects(render(profile))
     rs = rayservice(docs)
     config = _config(rs)
     router = config["router"]
     assert router["host"] == "0.0.0.0"
-    (svc,) = find(docs, "Service", "-router")
+    assert not find(docs, "Service", "-router"), "no chart-owned router Service: KubeRay's head Service replaces it"
+    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
+    svc = head["headService"]
+    assert "name" not in svc["metadata"], "KubeRay refuses headService.metadata.name in a RayService"
+    assert svc["spec"]["type"] == "ClusterIP"
     ports = {p["name"]: p for p in svc["spec"]["ports"]}
     port = ports["grpc"]
-    assert port["port"] == router["port"] and port["appProtocol"] == "kubernetes.io/h2c"
+    assert port["port"] == port["targetPort"] == router["port"] and port["appProtocol"] == "kubernetes.io/h2c"
     if router.get("http_port") is not None:  # the OpenAI-compatible surface on the same router
         assert ports["openai-http"]["port"] == router["http_port"] and ports["openai-http"]["appProtocol"] == "http"
     else:
         assert set(ports) == {"grpc"}
-    head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]
-    labels = head["template"]["metadata"]["labels"]
-    selector = svc["spec"]["selector"]
-    assert selector.pop("ray.io/node-type") == "head"  # KubeRay's label of the head pod
-    assert selector.items() <= labels.items()
+    assert rs["spec"]["excludeHeadPodFromServeSvc"] is False  # the routers run on the head
     (container,) = head["template"]["spec"]["containers"]
-    assert {"name": "grpc", "containerPort": router["port"]} in container["ports"]
+    assert {"name": "serve", "containerPort": 8000} in container["ports"]  # Serve's proxy, health-checked by KubeRay
     # The router replicas are pinned to the head: it advertises the resource the serve config asks for.
     serve = yaml.safe_load(rs["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
@@ -179,6 +188,23 @@ def test_drain_follows_the_router_config():
     spec = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == 145
     assert spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1].endswith("sleep 130")
+    # Workers keep Ray up while the router drains (a whole cluster goes at once after an upgrade).
+    for group in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        worker = group["template"]["spec"]
+        assert worker["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1] == "sleep 130; ray stop"
+        assert worker["terminationGracePeriodSeconds"] == 145
+
+
+def test_workers_outlast_the_router_drain(profile):
+    rs = rayservice(objects(render(profile)))
+    router = _config(rs)["router"]
+    drain = router.get("drain_notice_s", 2) + router.get("grace_period_s", 10)
+    for group in rs["spec"]["rayClusterConfig"].get("workerGroupSpecs", []):
+        worker = group["template"]["spec"]
+        command = worker["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1]
+        wait = int(command.split(";")[0].removeprefix("sleep "))
+        assert wait >= drain and wait >= 30  # 30: the model replicas' graceful_shutdown_timeout_s (app.py)
+        assert command.endswith("; ray stop") and worker["terminationGracePeriodSeconds"] > wait
 
 
 def test_model_storage_modes():
@@ -221,8 +247,9 @@ def test_gateway_tls_and_api_keys():
     (gw,) = find(docs, "Gateway")
     assert gw["spec"]["listeners"][0]["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "gemma-tls"}]
     (route,) = find(docs, "GRPCRoute")
-    (svc,) = find(docs, "Service", "-router")
-    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == svc["metadata"]["name"]
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": ROUTER_SVC, "port": 50051}]
+    for policy in find(docs, "HealthCheckPolicy") + find(docs, "GCPBackendPolicy"):
+        assert policy["spec"]["targetRef"] == {"group": "", "kind": "Service", "name": ROUTER_SVC}
     head = rayservice(docs)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     assert {"name": "api-keys", "secret": {"secretName": "keys", "defaultMode": 0o400}} in head["volumes"]
     assert any(m["name"] == "api-keys" and m["readOnly"] for m in head["containers"][0]["volumeMounts"])
@@ -244,6 +271,8 @@ def test_operations_objects(profile):
     assert bool(find(docs, "PodMonitoring")) == wants_gmp
     (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    port = _config(rs)["router"]["port"]
+    assert f'grpc.insecure_channel("{ROUTER_SVC}:{port}")' in test_pod["spec"]["containers"][0]["command"][-1]
 
 
 def test_otlp_endpoint_reaches_the_pods():

@@ -9,7 +9,7 @@ import hcl2
 import lark
 import pytest
 
-from tests.chart.chartlib import CHART_DIR, REPO
+from tests.chart.chartlib import CHART_DIR, KUBERAY_VERSION, REPO
 
 TF_DIR = REPO / "infra" / "terraform" / "gke"
 
@@ -109,8 +109,21 @@ def test_kuberay_operator_is_pinned_to_the_charts_release():
     assert release["chart"] == "kuberay-operator"
     assert release["version"] == "${var.kuberay_version}"
     pinned = _variables()["kuberay_version"]["default"]
+    assert pinned == KUBERAY_VERSION  # the release whose real CRDs and Go checks tests/chart validates against
     chart_yaml = (CHART_DIR / "Chart.yaml").read_text()
     assert f'gemma-serving/kuberay-version: "{pinned}"' in chart_yaml
+
+
+def test_incremental_upgrade_feature_gate_is_opt_in():
+    """NewClusterWithIncrementalUpgrade needs the operator's RayServiceIncrementalUpgrade gate: set only on request
+    (a featureGates value replaces the operator chart's whole default list)."""
+    release = _blocks("resource")["helm_release.kuberay_operator"]
+    ((gate,),) = [list(d.values()) for d in release["dynamic"]]
+    assert "var.kuberay_incremental_upgrade ?" in gate["for_each"]
+    assert "RayServiceIncrementalUpgrade" in gate["for_each"]
+    assert gate["content"][0]["name"] == "featureGates[0].${set.key}"
+    variable = _variables()["kuberay_incremental_upgrade"]
+    assert variable["type"] == "bool" and variable["default"] is False
 
 
 def test_workload_identity_binding_matches_the_charts_service_account():

@@ -24,13 +24,18 @@ def otlp_receiver():
 
 
 @pytest.fixture(scope="package")
-def platform_config(otlp_receiver):
+def platform_config(otlp_receiver, tmp_path_factory):
     data = load_config().model_dump(mode="json")
+    # A registry of this session's own (test_finetune registers into it), not the demo's in the home directory.
+    data["services"]["text"]["model"]["adapter_registry"] = str(tmp_path_factory.mktemp("adapter-registry"))
     data["router"]["port"] = 0
     data["router"]["http_port"] = 0
     # Every span exported quickly to the loopback receiver; metrics on a free port.
     data["telemetry"] = {"otlp_endpoint": otlp_receiver.endpoint, "sampling_ratio": 1.0, "export_delay_ms": 200,
-                         "metrics_port": 0}
+                         "metrics_port": 0,
+                         # Quality scores of every tiny-lora answer, none of the base model's (test_engine_observability).
+                         "quality": {"sample_ratio_by_model": {"gemma-3-tiny:tiny-lora": 1},
+                                     "scorers": ["repetition", "length", "json_valid"]}}
     # Small admission limits on text so the overload test can exceed them: 64 in the replica + 16 queued per router.
     data["services"]["text"]["deployment"].update(max_ongoing_requests=64, max_queued_requests=16)
     from gemma_serving.config import parse_config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -9,7 +10,9 @@ import grpc
 import pytest
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServiceConfig, ServiceKind, parse_config
+from gemma_serving.deltas.subscriber import DeltaSubscriber
 from gemma_serving.deployments.modality import ModalityDeployment
+from gemma_serving.router.backends import DeltaChannelBackend
 from gemma_serving.engines.fake import FakeEngine
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.router.server import start_grpc_server
@@ -25,20 +28,29 @@ CONFIG = {
 }
 
 
-class InProcessBackend:
-    """Router backend that calls ModalityDeployment objects in-process (no Ray) over FakeEngines."""
+class InProcessBackend(DeltaChannelBackend):
+    """The router's real token path (replica call + delta channel over loopback ZeroMQ) with ModalityDeployment
+    objects called in-process (an asyncio task stands in for the Serve handle call; no Ray) over FakeEngines."""
 
-    def __init__(self, deployments: dict[ServiceKind, ModalityDeployment]) -> None:
+    def __init__(self, deployments: dict[ServiceKind, ModalityDeployment], subscriber: DeltaSubscriber) -> None:
         self.deployments = deployments
         self.engines = {kind: d.engine for kind, d in deployments.items()}
         self.requests: list[GenerationRequest] = []
+        self.subscriber = subscriber
+        super().__init__(self._start_call, subscriber, probe=lambda kind: self.deployments[kind].check_health())
 
-    async def probe(self, kind: ServiceKind) -> None:
-        await self.deployments[kind].check_health()
+    @classmethod
+    async def create(cls, deployments: dict[ServiceKind, ModalityDeployment]) -> InProcessBackend:
+        subscriber = DeltaSubscriber("127.0.0.1", "127.0.0.1")
+        await subscriber.start()
+        return cls(deployments, subscriber)
+
+    def _start_call(self, kind, request, request_id, address, stream):
+        return asyncio.ensure_future(self.deployments[kind].generate_into(request, request_id, address, stream))
 
     async def stream(self, kind: ServiceKind, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
         self.requests.append(request)
-        async for chunk in self.deployments[kind].generate(request, request_id):
+        async for chunk in super().stream(kind, request, request_id):
             yield chunk
 
 
@@ -61,7 +73,7 @@ async def start_router(config, new_engine=lambda: FakeEngine(step_delay_s=0.005)
     deployments = {
         kind: await make_deployment(kind, service, new_engine()) for kind, service in config.services.items()
     }
-    backend = InProcessBackend(deployments)
+    backend = await InProcessBackend.create(deployments)
     router = await start_grpc_server(config, backend, health_interval_s=0.1)
     backend.router = router
     return router, backend

@@ -9,6 +9,7 @@ TABLE = [
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, 401),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, 403),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, 409),
     (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     (errors.Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
     (errors.NotReady, grpc.StatusCode.UNAVAILABLE, 503),

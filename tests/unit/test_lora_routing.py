@@ -3,6 +3,8 @@ loaded adapters, and the multiplexed model id the Serve backend sends."""
 
 from __future__ import annotations
 
+import asyncio
+
 import copy
 import gc
 import json
@@ -16,6 +18,8 @@ from gemma_serving.config import ServiceKind, parse_config
 from gemma_serving.deployments.modality import LoadedAdapter, LocalMultiplexer
 from gemma_serving.engines.fake import FakeEngine
 from gemma_serving.engines.types import GenerationRequest, Message, Sampling, TextPart
+from gemma_serving.deltas.publisher import DeltaPublisher
+from gemma_serving.deltas.subscriber import DeltaSubscriber
 from gemma_serving.router.backends import ServeHandleBackend
 
 from tests.unit.conftest import CONFIG, start_router
@@ -162,37 +166,36 @@ class FakeHandle:
     def __init__(self, options=None, calls=None):
         self.opts = options or {}
         self.calls = calls if calls is not None else []
-        self.generate = self
+        self.generate_into = self
 
     def options(self, **kw):
         return FakeHandle({**self.opts, **kw}, self.calls)
 
-    def remote(self, request, request_id):
+    def remote(self, request, request_id, address, stream):
         self.calls.append((self.opts, request.adapter))
-        return _Stream()
+        return asyncio.ensure_future(_empty_stream(address, stream))
 
 
-class _Stream:
-    def __aiter__(self):
-        return self
+async def _empty_stream(address: str, stream: int) -> None:
+    PUBLISHER.sink(address, stream).end()
 
-    async def __anext__(self):
-        raise StopAsyncIteration
 
-    def cancel(self):
-        pass
+PUBLISHER = DeltaPublisher()
 
 
 async def test_serve_backend_sends_the_adapter_as_the_multiplexed_model_id():
     handle = FakeHandle()
-    backend = ServeHandleBackend({"text": handle})
+    subscriber = DeltaSubscriber("127.0.0.1", "127.0.0.1")
+    await subscriber.start()
+    backend = ServeHandleBackend({"text": handle}, subscriber)
     msgs = (Message("user", (TextPart("hi"),)),)
     for adapter in ("alpha", "", "alpha", "beta"):
         req = GenerationRequest(model="m", messages=msgs, sampling=Sampling(max_tokens=1), adapter=adapter)
-        assert [c async for c in backend.stream(ServiceKind.TEXT, req, "r")] == []
+        assert [c.text async for c in backend.stream(ServiceKind.TEXT, req, "r")] == [""]
+    await subscriber.stop()
     assert handle.calls == [
-        ({"stream": True, "multiplexed_model_id": "alpha"}, "alpha"),
-        ({"stream": True}, ""),
-        ({"stream": True, "multiplexed_model_id": "alpha"}, "alpha"),
-        ({"stream": True, "multiplexed_model_id": "beta"}, "beta"),
+        ({"multiplexed_model_id": "alpha"}, "alpha"),
+        ({}, ""),
+        ({"multiplexed_model_id": "alpha"}, "alpha"),
+        ({"multiplexed_model_id": "beta"}, "beta"),
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gemma_serving.telemetry.metrics import METRIC_NAMES, RouterMetrics
+from gemma_serving.telemetry.metrics import ENGINE_METRICS, METRIC_NAMES, RouterMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 OBS = ROOT / "infra" / "observability"
@@ -46,10 +46,16 @@ def _metric_types() -> dict[str, str]:
     return types
 
 
+def _all_metric_types() -> dict[str, str]:
+    """The router's metrics and the engine metrics every replica exports through Ray (ENGINE_METRICS)."""
+    return {**_metric_types(), **{name: kind for name, (kind, _help) in ENGINE_METRICS.items()}}
+
+
 def _exposed_names() -> set[str]:
-    """Every series name a PromQL expression may select: METRIC_NAMES with histogram suffixes, plus `up`."""
+    """Every series name a PromQL expression may select: METRIC_NAMES and ENGINE_METRICS with histogram suffixes,
+    plus `up`."""
     names = {"up"}
-    for name, kind in _metric_types().items():
+    for name, kind in _all_metric_types().items():
         names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if kind == "histogram" else {name}
     return names
 
@@ -146,7 +152,9 @@ def test_rules_have_severity_for_and_annotations():
     alerts = {rule["alert"]: rule for rule in _rules()}
     for name in ("GemmaServingHighTimeToFirstToken", "GemmaServingLowTokenThroughput", "GemmaServingHighErrorRate",
                  "GemmaServingQueueGrowing", "GemmaServingNearCapacity", "GemmaServingResourceExhausted",
-                 "GemmaServingNoReplicas", "GemmaServingTargetDown"):
+                 "GemmaServingNoReplicas", "GemmaServingTargetDown", "GemmaServingSlowDecode",
+                 "GemmaServingKVCacheSaturated", "GemmaServingEngineQueueGrowing", "GemmaServingPreemptions",
+                 "GemmaServingReplicaMemoryHigh", "GemmaServingDegraded", "GemmaServingLowQualityScore"):
         assert name in alerts
     for name, rule in alerts.items():
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
@@ -186,11 +194,11 @@ def test_dashboard_targets_reference_only_existing_metrics():
         assert names, title
         assert names <= known, f"{title}: unknown metrics {sorted(names - known)}"
     for title, expr in targets:
-        if "gemma_serving_" in expr:
+        if "gemma_serving_" in expr or "ray_vllm_" in expr:
             assert '"$service"' in expr, f"{title}: not filtered by the service variable"
-    # Every exported metric shows up somewhere on the dashboard.
+    # Every exported metric (router and engine) shows up somewhere on the dashboard.
     shown = set().union(*(metric_names_in(e) for _, e in targets))
-    for name in _metric_types():
+    for name in _all_metric_types():
         assert any(s == name or s.startswith(name + "_") for s in shown), f"{name} not on the dashboard"
 
 
@@ -207,5 +215,5 @@ def test_dashboard_expressions_parse(tmp_path):
 
 def test_readme_documents_every_metric():
     readme = (OBS / "README.md").read_text()
-    for name, help_text in METRIC_NAMES.items():
+    for name, help_text in [*METRIC_NAMES.items(), *((n, h) for n, (_kind, h) in ENGINE_METRICS.items())]:
         assert f"| `{name}` |" in readme and help_text in readme, name

@@ -152,10 +152,14 @@ async def test_the_router_span_carries_every_set_sampling_parameter(config):
     exporter, provider = InMemorySpanExporter(), TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     deployment = await make_deployment(ServiceKind.TEXT, config.services[ServiceKind.TEXT], FakeEngine())
-    pipeline = InferencePipeline(config, InProcessBackend({ServiceKind.TEXT: deployment}),
-                                 tracer=provider.get_tracer("t"), metrics=RouterMetrics(CollectorRegistry()))
+    backend = await InProcessBackend.create({ServiceKind.TEXT: deployment})
+    pipeline = InferencePipeline(config, backend, tracer=provider.get_tracer("t"),
+                                 metrics=RouterMetrics(CollectorRegistry()))
     sampling = {k: v for k, v in EXAMPLES.items() if k != "n"}
-    await collect(pipeline.stream(_request(**sampling), request_id="r1", time_remaining=None, carrier={}))
+    try:
+        await collect(pipeline.stream(_request(**sampling), request_id="r1", time_remaining=None, carrier={}))
+    finally:
+        await backend.subscriber.stop()
     (span,) = exporter.get_finished_spans()
     assert span.attributes["gen_ai.request.temperature"] == 0.5
     assert span.attributes["gen_ai.request.stop_sequences"] == ("END", "###")

@@ -163,7 +163,7 @@ async def test_server_side_maximum_request_time_aborts_with_deadline_exceeded(co
     text = await make_deployment(ServiceKind.TEXT, capped.services[ServiceKind.TEXT], engine)
     capped = parse_config({**CONFIG, "router": {"port": 0, "max_request_seconds": 0.2},
                            "services": {"text": CONFIG["services"]["text"]}})
-    router = await start_grpc_server(capped, InProcessBackend({ServiceKind.TEXT: text}))
+    router = await start_grpc_server(capped, await InProcessBackend.create({ServiceKind.TEXT: text}))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
         from gemma_serving.api import inference_pb2_grpc as pb_grpc
 

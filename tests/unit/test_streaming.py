@@ -57,7 +57,7 @@ async def test_deadline_closes_the_source_and_raises_deadline_exceeded():
 
     closed, seen = [], []
     with pytest.raises(DeadlineExceeded):
-        async for c in coalesce(_source(1000, delay=0.01, closed=closed), deadline=time.time() + 0.1):
+        async for c in coalesce(_source(1000, delay=0.01, closed=closed), timeout_s=0.1):
             seen.append(c)
     assert closed == [True] and 3 <= len(seen) < 20
 
@@ -69,5 +69,5 @@ async def test_past_deadline_fails_before_any_output():
 
     closed = []
     with pytest.raises(DeadlineExceeded):
-        async for _ in coalesce(_source(5, closed=closed), deadline=time.time() - 1):
+        async for _ in coalesce(_source(5, closed=closed), timeout_s=-1):
             pass

@@ -8,5 +8,15 @@ resource "helm_release" "kuberay_operator" {
   create_namespace = true
   wait             = true
 
+  # NewClusterWithIncrementalUpgrade (chart value ray.upgradeStrategy) needs this gate. Only set when wanted: a
+  # featureGates list given here replaces the chart's default list.
+  dynamic "set" {
+    for_each = var.kuberay_incremental_upgrade ? { name = "RayServiceIncrementalUpgrade", enabled = "true" } : {}
+    content {
+      name  = "featureGates[0].${set.key}"
+      value = set.value
+    }
+  }
+
   depends_on = [google_container_node_pool.cpu]
 }

@@ -89,7 +89,13 @@ variable "gpu_node_pools" {
 variable "kuberay_version" {
   description = "KubeRay operator Helm chart version (the chart renders ray.io/v1 RayService for this release)."
   type        = string
-  default     = "1.4.2"
+  default     = "1.7.0"
+}
+
+variable "kuberay_incremental_upgrade" {
+  description = "Turn on the operator's RayServiceIncrementalUpgrade feature gate (beta in KubeRay 1.7), which the chart's ray.upgradeStrategy=NewClusterWithIncrementalUpgrade needs."
+  type        = bool
+  default     = false
 }
 
 variable "namespace" {

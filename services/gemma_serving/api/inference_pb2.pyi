@@ -29,6 +29,7 @@ class ModelStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATUS_STARTING: _ClassVar[ModelStatus]
     MODEL_STATUS_UNAVAILABLE: _ClassVar[ModelStatus]
     MODEL_STATUS_SCALED_TO_ZERO: _ClassVar[ModelStatus]
+    MODEL_STATUS_DEGRADED: _ClassVar[ModelStatus]
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -43,6 +44,7 @@ MODEL_STATUS_READY: ModelStatus
 MODEL_STATUS_STARTING: ModelStatus
 MODEL_STATUS_UNAVAILABLE: ModelStatus
 MODEL_STATUS_SCALED_TO_ZERO: ModelStatus
+MODEL_STATUS_DEGRADED: ModelStatus
 
 class Image(_message.Message):
     __slots__ = ("data", "mime_type")
@@ -379,7 +381,7 @@ class GetUsageRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class QuotaWindowUsage(_message.Message):
-    __slots__ = ("window", "window_seconds", "requests_in_window", "tokens_in_window", "requests_limit", "tokens_limit", "requests_remaining", "tokens_remaining", "reset_in_ms", "windows")
+    __slots__ = ("window", "window_seconds", "requests_in_window", "tokens_in_window", "requests_limit", "tokens_limit", "requests_remaining", "tokens_remaining", "reset_in_ms")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -389,7 +391,6 @@ class QuotaWindowUsage(_message.Message):
     REQUESTS_REMAINING_FIELD_NUMBER: _ClassVar[int]
     TOKENS_REMAINING_FIELD_NUMBER: _ClassVar[int]
     RESET_IN_MS_FIELD_NUMBER: _ClassVar[int]
-    WINDOWS_FIELD_NUMBER: _ClassVar[int]
     window: str
     window_seconds: int
     requests_in_window: int
@@ -399,8 +400,7 @@ class QuotaWindowUsage(_message.Message):
     requests_remaining: int
     tokens_remaining: int
     reset_in_ms: int
-    windows: _containers.RepeatedCompositeFieldContainer[QuotaWindowUsage]
-    def __init__(self, window: _Optional[str] = ..., window_seconds: _Optional[int] = ..., requests_in_window: _Optional[int] = ..., tokens_in_window: _Optional[int] = ..., requests_limit: _Optional[int] = ..., tokens_limit: _Optional[int] = ..., requests_remaining: _Optional[int] = ..., tokens_remaining: _Optional[int] = ..., reset_in_ms: _Optional[int] = ..., windows: _Optional[_Iterable[_Union[QuotaWindowUsage, _Mapping]]] = ...) -> None: ...
+    def __init__(self, window: _Optional[str] = ..., window_seconds: _Optional[int] = ..., requests_in_window: _Optional[int] = ..., tokens_in_window: _Optional[int] = ..., requests_limit: _Optional[int] = ..., tokens_limit: _Optional[int] = ..., requests_remaining: _Optional[int] = ..., tokens_remaining: _Optional[int] = ..., reset_in_ms: _Optional[int] = ...) -> None: ...
 
 class GetUsageResponse(_message.Message):
     __slots__ = ("tenant", "window_seconds", "requests_in_window", "tokens_in_window", "requests_remaining", "tokens_remaining", "concurrent_streams", "concurrent_streams_limit", "reset_in_ms", "windows")

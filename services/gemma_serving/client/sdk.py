@@ -11,6 +11,8 @@ from typing import AsyncIterator, Iterator
 
 import grpc
 
+from gemma_serving.api import admin_pb2 as admin_pb
+from gemma_serving.api import admin_pb2_grpc as admin_grpc
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.client.retry import RetryPolicy
@@ -92,6 +94,7 @@ class GemmaClient:
         creds = _credentials(tls, root_certificates, client_cert)
         self._channel = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
         self._stub = pb_grpc.InferenceStub(self._channel)
+        self._admin = admin_grpc.AdminStub(self._channel)
         self._o = _Options(api_key, timeout_s, retry)
 
     @property
@@ -122,6 +125,17 @@ class GemmaClient:
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self._call(self._stub.ListModels, pb.ListModelsRequest()).models)
+
+    def register_adapter(self, model: str, name: str, source: str, *, replace: bool = False
+                         ) -> admin_pb.RegisteredAdapter:
+        """Admin: make the PEFT adapter at `source` servable as `name` on `model` (no restart)."""
+        request = admin_pb.RegisterAdapterRequest(model=model, name=name, source=source, replace=replace)
+        return self._call(self._admin.RegisterAdapter, request).adapter
+
+    def unregister_adapter(self, model: str, name: str) -> admin_pb.RegisteredAdapter:
+        """Admin: stop serving the registered adapter `name` of `model`."""
+        return self._call(self._admin.UnregisterAdapter,
+                          admin_pb.UnregisterAdapterRequest(model=model, name=name)).adapter
 
     def model_for(self, modalities: set[str]) -> str:
         """The first served model whose inputs cover `modalities` (the one with the fewest other inputs)."""

@@ -1,6 +1,7 @@
 """ModalityDeployment: the thin Ray Serve shell around one engine, bound three times (text, vision, audio).
 
-It decodes media for its modality, streams engine chunks back (coalesced), and exposes the engine's health to Serve.
+It decodes media for its modality, streams engine chunks to the router over the delta channel (`generate_into`), and
+exposes the engine's health to Serve.
 It never parses protobuf and knows nothing of tenants.
 """
 
@@ -17,7 +18,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from gemma_serving.adapter_registry import AdapterRegistry
 from gemma_serving.config import SERVICE_MODALITIES, ModelConfig, ServiceConfig, ServiceKind, TelemetrySettings
+from gemma_serving.deltas.publisher import DeltaPublisher
+from gemma_serving.deployments.engine_metrics import attach_engine_metrics
+from gemma_serving.deployments.health_probe import PROBE_REQUEST_PREFIX, EngineProbe, ProbeReport, ProbeVerdict
 from gemma_serving.deployments.streaming import coalesce
 from gemma_serving.engines.base import Engine
 from gemma_serving.engines.types import (
@@ -95,39 +100,65 @@ class ModalityDeployment:
         self._tracer = self._tracer_provider.get_tracer(__name__)
         path = await asyncio.to_thread(checkpoint_resolver, self.config.model.source)
         self.engine = engine_factory(self.kind, self.config.model, path)
+        # Before start(): vLLM takes its stat loggers when the engine is built.
+        memory = attach_engine_metrics(
+            self.engine, self.kind.value, self.config.model.name, export=settings.engine_metrics,
+            track_load=self.config.deployment.autoscaling.policy == "engine_saturation",
+        )
         await self.engine.start()
+        self._memory_sampling = asyncio.create_task(memory.run()) if memory is not None else None
+        self._probe = EngineProbe(self.engine, self.config.model.name, self.config.deployment.health_probe)
         # LoRA adapters: loaded on first use through Serve model multiplexing (an LRU of max_cpu_loras per replica;
         # the router sends the adapter as the multiplexed model id, so requests prefer replicas that have it).
         self._resolve_adapter = checkpoint_resolver
         self._adapter_sources = {a.name: a.source for a in self.config.model.adapters}
+        registry = self.config.model.adapter_registry
+        self._registry = AdapterRegistry(registry) if registry else None  # adapters registered at run time
         self.loaded_adapters: set[str] = set()
         self.adapter_loads: dict[str, int] = {}
         self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
+        self._publisher = DeltaPublisher(flush_interval_s=self.config.deployment.stream_flush_ms / 1000)
+
+    async def generate_into(self, request: GenerationRequest, request_id: str, address: str, stream: int) -> None:
+        """The router's call: push the request's chunks to router `address`, stream `stream`, over the delta
+        channel (batched with every other request's of the same engine step); return when the stream is complete.
+
+        The call stays open for the request's life, so Serve counts it (autoscaling, backpressure); cancelling it
+        (client gone, deadline) closes the engine stream, which aborts the request in the engine.
+        """
+        sink = self._publisher.sink(address, stream)
+        async with asyncio.timeout(request.budget_s):  # a backstop: the router enforces the deadline itself
+            async for chunk in self._engine_chunks(request, request_id):
+                sink.send(chunk)
+        sink.end()
 
     async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
-        """Stream chunks for a validated request (called through a streaming deployment handle)."""
-        queue_seconds = time.time() - request.sent_at if request.sent_at else None
+        """Stream chunks as Ray streaming items (for callers inside the Serve app that hold a streaming handle;
+        the router uses `generate_into`). Deltas ready at once are merged into one item."""
+        async for chunk in coalesce(self._engine_chunks(request, request_id), timeout_s=request.budget_s):
+            yield chunk
+
+    async def _engine_chunks(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
+        """The engine's chunks for `request`, inside the deployment span, after adapter loading and media decoding."""
         span = self._tracer.start_span(
             attr.SPAN_DEPLOYMENT,
             context=extract(request.trace_context),
             attributes={attr.SERVICE: self.kind.value, attr.REQUEST_MODEL: request.model,
                         attr.RESPONSE_ID: request_id},
         )
-        if queue_seconds is not None:
-            span.set_attribute(attr.QUEUE_TIME_S, queue_seconds)
         try:
             if request.adapter:
-                await self._load_adapter(request.adapter)
+                await self._use_adapter(request.adapter)
             if _has_media(request):
                 request = await asyncio.to_thread(decode_media, request, self.accepts)
             request = dataclasses.replace(request, trace_context=inject(trace.set_span_in_context(span)))
             stream = traced_engine_stream(self._tracer, span, self.engine.generate(request, request_id=request_id),
                                           model=request.model, request_id=request_id)
-            first = True
-            async for chunk in coalesce(stream, deadline=request.deadline):
-                if first:
-                    chunk, first = dataclasses.replace(chunk, queue_seconds=queue_seconds), False
-                yield chunk
+            try:
+                async for chunk in stream:
+                    yield chunk
+            finally:
+                await stream.aclose()
         except Exception as exc:
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
@@ -140,19 +171,44 @@ class ModalityDeployment:
             "kind": self.kind.value,
             "model": self.config.model.name,
             "engine_start_seconds": getattr(self.engine, "start_seconds", None),
-            "in_flight": len(getattr(self.engine, "in_flight", ())),
+            # User requests only: a health probe generation in flight is not one.
+            "in_flight": sum(not r.startswith(PROBE_REQUEST_PREFIX) for r in getattr(self.engine, "in_flight", ())),
+            "engine_load": await self.record_autoscaling_stats(),
             "adapters": {"loaded": sorted(getattr(self, "loaded_adapters", ())),
                          "loads": dict(getattr(self, "adapter_loads", {})),
                          "multiplexing": "local" if isinstance(getattr(self, "_load_adapter", None),
                                                                LocalMultiplexer) else "serve"},
         }
 
+    async def _use_adapter(self, name: str) -> None:
+        """Have adapter `name` loaded for the request; a registered adapter registered again since it was loaded
+        (new weights, new LoRA id) is loaded again."""
+        loaded = await self._load_adapter(name)
+        if self._registry is None or name in self._adapter_sources:
+            return
+        if not self._registry.is_fresh():
+            await asyncio.to_thread(self._registry.entries)  # storage I/O off the event loop
+        entry = self._registry.get(name)
+        if entry is None:
+            raise InvalidRequest(f"adapter '{name[:64]}' is not registered for model {self.config.model.name}",
+                                 field="adapter")
+        if entry.lora_id != loaded.lora_id:
+            loaded.lora_id = (await self._activate_adapter(name)).lora_id
+
+    async def _adapter_source(self, name: str) -> tuple[str, int | None]:
+        """A configured adapter's source (its LoRA id is its position), or a registered one's source and id."""
+        source = self._adapter_sources.get(name)
+        if source is not None:
+            return source, None
+        entry = await asyncio.to_thread(self._registry.read, name) if self._registry is not None else None
+        if entry is None:  # the router validates adapters; this guards direct handle calls
+            raise InvalidRequest(f"adapter '{name[:64]}' is not configured or registered for model "
+                                 f"{self.config.model.name}", field="adapter")
+        return entry.source, entry.lora_id
+
     async def _activate_adapter(self, name: str) -> LoadedAdapter:
         """Multiplexing's load function: resolve adapter `name` and load it into the engine."""
-        source = self._adapter_sources.get(name)
-        if source is None:  # the router validates adapters; this guards direct handle calls
-            raise InvalidRequest(f"adapter '{name[:64]}' is not configured for model {self.config.model.name}",
-                                 field="adapter")
+        source, lora_id = await self._adapter_source(name)
         load = getattr(self.engine, "load_adapter", None)
         if load is None:
             raise InvalidRequest(f"the {self.kind.value} engine does not serve adapters", field="adapter")
@@ -162,7 +218,7 @@ class ModalityDeployment:
                       path, source)
             raise GemmaServingError(f"adapter '{name}' of model {self.config.model.name} is missing on the server")
         began = time.monotonic()
-        await load(name, Path(path))
+        await (load(name, Path(path)) if lora_id is None else load(name, Path(path), lora_id))
         log.info("adapter %s of %s loaded in %.2f s", name, self.config.model.name, time.monotonic() - began)
         self.loaded_adapters.add(name)
         self.adapter_loads[name] = self.adapter_loads.get(name, 0) + 1
@@ -177,16 +233,40 @@ class ModalityDeployment:
             except Exception:
                 log.warning("adapter %s of %s failed to unload", name, self.config.model.name, exc_info=True)
 
-        return LoadedAdapter(name, unload)
+        return LoadedAdapter(name, unload, lora_id)
 
     async def check_health(self) -> None:
         """Called periodically by Ray Serve; raising marks the replica unhealthy and gets it replaced."""
         await self.engine.check_health()
 
+    async def health_report(self) -> dict:
+        """The router's health probe: raises like check_health when the engine is dead, else the verdict of the
+        short-generation probe (ProbeReport as a dict). Never waits for a generation: probes run in the background,
+        started here at most once per health_probe.interval_s."""
+        await self.engine.check_health()
+        report = self._probe.report() if self.config.deployment.health_probe.enabled else None
+        return (report or ProbeReport(ProbeVerdict.READY)).as_dict()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve's custom autoscaling metrics hook: the engine's KV-cache usage and running / waiting requests at
+        its last step (read by deployments/autoscaling.py); empty until the engine has stepped."""
+        load = getattr(self.engine, "load", None)
+        current = load() if load is not None else None
+        return current.as_stats() if current is not None else {}
+
     async def __del__(self) -> None:
+        memory_sampling = getattr(self, "_memory_sampling", None)
+        if memory_sampling is not None:
+            memory_sampling.cancel()
+        probe = getattr(self, "_probe", None)
+        if probe is not None:
+            probe.stop()
         engine = getattr(self, "engine", None)  # absent when __init__ failed
         if engine is not None:
             await engine.shutdown()
+        publisher = getattr(self, "_publisher", None)
+        if publisher is not None:
+            publisher.close()
         shutdown = getattr(getattr(self, "_tracer_provider", None), "shutdown", None)
         if shutdown is not None:  # flush spans still in the batch
             shutdown()
@@ -196,8 +276,9 @@ class LoadedAdapter:
     """The multiplexed "model" for one adapter on a replica. The LRU awaits its `__del__` when evicting it; that is
     an instance attribute, so the garbage collector (which looks `__del__` up on the type) never calls it."""
 
-    def __init__(self, name: str, unload: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, name: str, unload: Callable[[], Awaitable[None]], lora_id: int | None = None) -> None:
         self.name = name
+        self.lora_id = lora_id  # a registered adapter's id (None for configured ones)
         self.__del__ = unload
 
 

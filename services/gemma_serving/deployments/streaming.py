@@ -1,4 +1,6 @@
-"""Coalescing engine deltas: one message per batch of ready deltas instead of one per token.
+"""Coalescing engine deltas for Ray streaming callers: one item per batch of ready deltas instead of one per token.
+
+(The router does not stream over Ray items: it uses the delta channel, `gemma_serving.deltas`.)
 
 Each message across a Ray hop costs ~1-3 ms of CPU; when the consumer is slower than the engine, the deltas that piled
 up meanwhile are merged into one chunk. With a fast consumer nothing is delayed: a delta is forwarded as soon as it
@@ -8,7 +10,6 @@ arrives.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import AsyncIterator
 
 from gemma_serving.engines.types import Chunk
@@ -18,15 +19,15 @@ _DONE = object()
 
 
 async def coalesce(
-    source: AsyncIterator[Chunk], *, deadline: float | None = None, max_pending: int = 256
+    source: AsyncIterator[Chunk], *, timeout_s: float | None = None, max_pending: int = 256
 ) -> AsyncIterator[Chunk]:
     """Yield chunks from `source`, merging those that are ready at once. Closing this closes `source`.
 
-    Past `deadline` (time.time() seconds) the source is closed (which aborts the engine request) and
-    DeadlineExceeded is raised. The timer lives in the pump task, so it never fires inside the consumer's code.
+    After `timeout_s` the source is closed (which aborts the engine request) and DeadlineExceeded is raised. The
+    timer lives in the pump task, so it never fires inside the consumer's code.
     """
     queue: asyncio.Queue = asyncio.Queue(max_pending)
-    remaining = None if deadline is None else deadline - time.time()
+    remaining = timeout_s
 
     async def pump() -> None:
         try:

@@ -123,10 +123,9 @@ class GenerationRequest:
     #: The one user message's text is the whole prompt, sent without the chat template (/v1/completions).
     raw_prompt: bool = False
     trace_context: dict[str, str] = field(default_factory=dict)
-    #: Absolute deadline (time.time() seconds): the client's gRPC deadline capped by the server's maximum.
-    deadline: float | None = None
-    #: When the router handed the request to a service (time.time() seconds), to measure queue time.
-    sent_at: float | None = None
+    #: Seconds the request may still take when the router sends it (the client's deadline capped by the server's
+    #: maximum). A duration, not an instant: router and replica clocks are never compared.
+    budget_s: float | None = None
 
     def modalities(self) -> set[str]:
         """Input modalities used by the request ("text", "image", "audio")."""
@@ -166,7 +165,8 @@ class Chunk:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason | None = None
-    #: Set on a stream's first chunk: seconds between the router sending the request and a replica starting it.
+    #: Set on a stream's first chunk: seconds between the router sending the request and a replica starting it
+    #: (the router's measure less the replica's own, so no clocks are compared).
     queue_seconds: float | None = None
     #: Set on the last chunk when the model called tools.
     tool_calls: tuple[ToolCall, ...] = ()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from gemma_serving.config import ModelConfig
+from gemma_serving.engines.engine_load import EngineLoad, EngineLoadTracker
 from gemma_serving.engines.prompts import chat_messages
 from gemma_serving.engines.sampling import to_vllm_fields
 from gemma_serving.engines.tool_calls import forced_call_schema
@@ -46,6 +47,8 @@ def engine_args(
         "tensor_parallel_size": settings.tensor_parallel_size,
         "quantization": settings.quantization,
         "kv_cache_dtype": settings.kv_cache_dtype,
+        # vLLM's periodic log lines stay off; given stat loggers (the engine-load tracker, vLLM's Ray Prometheus
+        # logger when engine metrics are exported), vLLM still computes its statistics and hands them over.
         "disable_log_stats": True,
         # llguidance covers the most JSON Schema. Compact JSON: free whitespace costs tokens, and a weak model can
         # spend all of max_tokens on it before closing the object.
@@ -54,7 +57,7 @@ def engine_args(
     limits = {kind: 4 if kind == "image" else 2 for kind in accepts if kind != "text"}
     if limits:
         args["limit_mm_per_prompt"] = limits
-    if model.adapters:
+    if model.adapters or model.adapter_registry:
         args.update(lora_args(model, cpu=cpu))
     args.update(settings.extra_args)
     return args
@@ -69,8 +72,10 @@ def lora_args(model: ModelConfig, *, cpu: bool) -> dict[str, Any]:
         # -1, which selects the LAST adapter slot: once every slot holds an adapter, base-model requests batched with
         # adapter requests silently get that adapter applied (vllm-project/vllm PR #48421, open). Slots fill from the
         # first free one and a model has len(adapters) adapter ids, so one slot more than adapters keeps the last
-        # slot empty (zeros) for good. GPU kernels skip index -1 and need no headroom.
-        max_loras = max(max_loras, len(model.adapters) + 1)
+        # slot empty (zeros) for good. GPU kernels skip index -1 and need no headroom. With a live registry the
+        # names are open-ended, but a replica holds at most max_cpu_loras at once (its LRU unloads beyond).
+        in_use = settings.max_cpu_loras if model.adapter_registry else len(model.adapters)
+        max_loras = max(max_loras, in_use + 1)
     return {
         "enable_lora": True,
         "max_loras": max_loras,
@@ -114,6 +119,8 @@ class VllmEngine:
     """One vLLM AsyncLLM serving one model. Not safe to share across event loops."""
 
     def __init__(self, model: ModelConfig, model_path: Path, *, accepts: tuple[str, ...] = ("text",)) -> None:
+        """Callers may append vLLM stat logger factories (e.g. Ray-exported Prometheus metrics) to `stat_loggers`
+        before `start()`."""
         self._model = model
         self._path = model_path
         self._accepts = accepts
@@ -126,6 +133,11 @@ class VllmEngine:
         self._lora_requests: dict[str, Any] = {}
         #: Adapters currently loaded into the engine (add_lora'd and not removed since).
         self.loaded_adapters: set[str] = set()
+        #: Scheduler statistics of the last engine step (the autoscaling signal), fed once its stat logger
+        #: (`load_tracker.stat_logger()`) is among `stat_loggers`.
+        self.load_tracker = EngineLoadTracker()
+        #: vLLM stat logger factories given to AsyncLLM at start.
+        self.stat_loggers: list[Any] = []
 
     async def start(self) -> None:
         # vLLM on CPU fails to start without an explicit KV cache size (NUMA node 0 reports too little memory).
@@ -142,7 +154,8 @@ class VllmEngine:
         if isinstance(fields.get("structured_outputs_config"), dict):
             fields["structured_outputs_config"] = StructuredOutputsConfig(**fields["structured_outputs_config"])
         args = AsyncEngineArgs(**fields)
-        self._llm = AsyncLLM.from_engine_args(args)
+        # No stat loggers: vLLM's statistics stay off (disable_log_stats), no per-step stats work.
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=list(self.stat_loggers) or None)
         self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(self._path))
         self.start_seconds = time.monotonic() - began
         log.info("engine for %s ready in %.1f s", self._model.name, self.start_seconds)
@@ -216,18 +229,23 @@ class VllmEngine:
         if self._llm is not None:
             await self._llm.abort(request_id)
 
-    async def load_adapter(self, name: str, path: Path) -> None:
-        """Load the configured LoRA adapter `name` from the PEFT directory `path` into the engine (host memory,
-        bounded by max_cpu_loras); requests naming it then run with it. Idempotent."""
+    async def load_adapter(self, name: str, path: Path, lora_id: int | None = None) -> None:
+        """Load LoRA adapter `name` from the PEFT directory `path` into the engine (host memory, bounded by
+        max_cpu_loras); requests naming it then run with it. `lora_id`: a registered adapter's id (from the
+        registry); configured adapters use their position in model.adapters. Idempotent."""
         from vllm.lora.request import LoRARequest
 
         if self._llm is None:
             raise EngineDead(f"engine for {self._model.name} is not started")
         ids = {a.name: i for i, a in enumerate(self._model.adapters, start=1)}
-        if name not in ids:
+        if lora_id is None and name not in ids:
             raise InvalidRequest(f"adapter '{name[:64]}' is not configured for model {self._model.name}",
                                  field="adapter")
-        lora = LoRARequest(lora_name=name, lora_int_id=ids[name], lora_path=str(path), base_model_name=self._model.name)
+        previous = self._lora_requests.get(name)
+        lora = LoRARequest(lora_name=name, lora_int_id=lora_id or ids[name], lora_path=str(path),
+                           base_model_name=self._model.name)
+        if previous is not None and previous.lora_int_id != lora.lora_int_id:
+            await self._llm.remove_lora(previous.lora_int_id)  # registered again with new weights
         try:
             await self._llm.add_lora(lora)
         except Exception as exc:
@@ -244,6 +262,14 @@ class VllmEngine:
         self.loaded_adapters.discard(name)
         if lora is not None and self._llm is not None:
             await self._llm.remove_lora(lora.lora_int_id)
+
+    def load(self) -> EngineLoad | None:
+        """Running and waiting requests and KV-cache usage at the engine's last step (None before the first). An
+        engine without requests takes no steps, so its last statistics go stale: idle is reported as empty."""
+        latest = self.load_tracker.latest
+        if latest is not None and not self.in_flight:
+            return EngineLoad(0, 0, 0.0, latest.at)
+        return latest
 
     async def check_health(self) -> None:
         if self._llm is None:

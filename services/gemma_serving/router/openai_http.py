@@ -86,11 +86,14 @@ class OpenAISurface:
         ])
 
     async def health(self, http: Request) -> JSONResponse:
-        """200 while the router serves (the gRPC health's overall verdict), else 503 with each service's state;
+        """200 while the router serves (the gRPC health's overall verdict; status "degraded" when a service's probe
+        generations are slow), else 503 with each service's state;
         for HTTP load balancers and tools that probe `/health` like vLLM's server."""
         states = {k.value: v.value for k, v in self._health.states.items()} if self._health else {}
         if self._health is None or self._health.serving():
-            return JSONResponse({"status": "serving", "services": states})
+            # Degraded (slow probe generations) still serves: 200, and the JSON says so.
+            degraded = self._health is not None and bool(self._health.degraded())
+            return JSONResponse({"status": "degraded" if degraded else "serving", "services": states})
         return JSONResponse({"status": "draining" if self._health.draining else "not_serving", "services": states},
                             status_code=503)
 
@@ -281,7 +284,10 @@ async def start_http_server(app: Starlette, host: str, port: int):
     import uvicorn
 
     # Bind here, not in uvicorn: uvicorn exits the process (SystemExit) on a bind error, which would hang a replica.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for sockets created with it; without
+    # it every small SSE write waited for the client's delayed ACK (Nagle): ~40 ms added to TTFT and to ITL.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections on Linux
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # router replicas share the port, as for gRPC
     try:

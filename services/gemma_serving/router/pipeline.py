@@ -17,12 +17,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gemma_serving.config import ServingConfig
 from gemma_serving.engines.sampling import SAMPLING_PARAMS
-from gemma_serving.engines.tool_calls import parse_tool_calls
-from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, Tool
-from gemma_serving.errors import GemmaServingError
+from gemma_serving.engines.types import Chunk, GenerationRequest
+from gemma_serving.errors import DeadlineExceeded, GemmaServingError
+from gemma_serving.router.adapters import AdapterCatalog
 from gemma_serving.router.auth import Credentials
 from gemma_serving.router.backends import Backend
 from gemma_serving.router.tenancy import Tenancy
+from gemma_serving.router.tool_streaming import stream_with_tool_calls
 from gemma_serving.router.validation import validate_request
 from gemma_serving.security_config import TenantConfig
 from gemma_serving.telemetry import attributes as attr
@@ -52,12 +53,13 @@ class InferencePipeline:
     """Authentication, validation, admission, routing, deadlines, tracing, metrics and logs around a Backend."""
 
     def __init__(self, config: ServingConfig, backend: Backend, *, tracer: trace.Tracer, metrics: RouterMetrics,
-                 tenancy: Tenancy | None = None) -> None:
+                 tenancy: Tenancy | None = None, adapters: AdapterCatalog | None = None) -> None:
         self._config = config
         self._backend = backend
         self._tracer = tracer
         self._metrics = metrics
         self.tenancy = tenancy or Tenancy(config)
+        self.adapters = adapters or AdapterCatalog(config)  # configured + registered LoRA adapters
         self._models = {s.model.name for s in config.services.values()}
         self._log = configure_request_logging()
 
@@ -83,7 +85,7 @@ class InferencePipeline:
             tenant = self.tenancy.authenticate(credentials)
             p.tenant = tenant.id
             span.set_attribute(attr.TENANT, tenant.id)
-            kind, request = validate_request(request, self._config)
+            kind, request = validate_request(request, self._config, self.adapters)
             p.service = kind.value
             self.tenancy.admit(tenant, request, p.service)
             admitted = True
@@ -94,7 +96,7 @@ class InferencePipeline:
             p.waiting = True
             stream = self._backend.stream(kind, request, request_id)
             if request.tools and request.tool_choice.mode != "none":
-                stream = with_tool_calls(stream, request.tools)
+                stream = stream_with_tool_calls(stream, request.tools)
             try:
                 text = ""
                 async for chunk in stream:
@@ -121,14 +123,17 @@ class InferencePipeline:
 
     def _prepare(self, request: GenerationRequest, span, time_remaining: float | None) -> GenerationRequest:
         budget = self._config.router.max_request_seconds
-        now = time.time()
+        if time_remaining is not None:  # 0.0 is a deadline that has passed, not "no deadline"
+            if time_remaining <= 0:
+                raise DeadlineExceeded("the request's deadline had passed when it arrived")
+            budget = min(budget, time_remaining)
         _set_request_attributes(span, request)
         return dataclasses.replace(
             request,
-            # The deadline travels with the request; the deployment aborts the engine request when it passes.
-            deadline=now + min(budget, time_remaining or budget),
+            # The remaining time travels with the request as a duration; the backend enforces it over the whole
+            # stream and cancels the replica call (which aborts the engine request) when it runs out.
+            budget_s=budget,
             trace_context=inject(trace.set_span_in_context(span)),
-            sent_at=now,
         )
 
     def _observe(self, p: _Progress, chunk: Chunk, tenant: TenantConfig) -> None:
@@ -191,22 +196,6 @@ async def collect(stream: AsyncIterator[Chunk]) -> tuple[str, Chunk]:
     if logprobs:
         last = dataclasses.replace(last, logprobs=tuple(logprobs))
     return "".join(texts), last
-
-
-async def with_tool_calls(stream: AsyncIterator[Chunk], tools: tuple[Tool, ...]) -> AsyncIterator[Chunk]:
-    """Buffer a reply to a request that offered tools: one chunk with the parsed tool calls, or with the text.
-
-    A call is only known once the reply is complete, so tool requests do not stream token by token.
-    """
-    try:
-        text, last = await collect(stream)
-    finally:
-        await stream.aclose()
-    calls = parse_tool_calls(text, tools)
-    if calls:
-        yield dataclasses.replace(last, text="", tool_calls=calls, finish_reason=FinishReason.TOOL_CALLS)
-    else:
-        yield dataclasses.replace(last, text=text)
 
 
 def _set_request_attributes(span, request: GenerationRequest) -> None:

@@ -17,13 +17,18 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
+from gemma_serving.api import admin_pb2 as admin_pb
+from gemma_serving.api import admin_pb2_grpc as admin_grpc
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
+from gemma_serving.deltas.subscriber import DeltaSubscriber
+from gemma_serving.router.admin import AdminServicer
 from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
+from gemma_serving.router.quality import with_quality_sampling
 from gemma_serving.router.servicer import InferenceServicer
 from gemma_serving.router.tls import server_credentials
 from gemma_serving.telemetry.metrics import RouterMetrics
@@ -64,7 +69,9 @@ async def start_grpc_server(
     """Start the Inference, grpc.health.v1 and reflection services on the configured address."""
     metrics = metrics or RouterMetrics()
     tracer = tracer or trace.NoOpTracerProvider().get_tracer(__name__)
-    pipeline = InferencePipeline(config, backend, tracer=tracer, metrics=metrics)
+    # Sampled answers are scored off the token path; unsampled requests get the backend's own stream.
+    pipeline = InferencePipeline(config, with_quality_sampling(config, backend, metrics), tracer=tracer,
+                                 metrics=metrics)
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 1),
@@ -76,10 +83,13 @@ async def start_grpc_server(
         maximum_concurrent_rpcs=config.router.max_concurrent_rpcs,
     )
     health_servicer = health.aio.HealthServicer()
-    service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s)
+    service_health = ServiceHealth(config, backend.probe, health_servicer, interval_s=health_interval_s,
+                                   metrics=metrics)
     pb_grpc.add_InferenceServicer_to_server(InferenceServicer(config, pipeline, service_health), server)
+    admin_grpc.add_AdminServicer_to_server(AdminServicer(pipeline.tenancy, pipeline.adapters), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    names = (pb.DESCRIPTOR.services_by_name["Inference"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME,
+             admin_pb.DESCRIPTOR.services_by_name["Admin"].full_name)
     reflection.enable_server_reflection(names, server)
     assert names[0] == INFERENCE_SERVICE
     address = f"{config.router.host}:{config.router.port}"
@@ -103,10 +113,18 @@ class RouterDeployment:
         metrics = RouterMetrics()
         waits = {kind: s.deployment.max_wait_for_replica_s for kind, s in self._config.services.items()}
         self._metrics_port = metrics.serve(self._config.router.host, telemetry.metrics_port)
+        # The token path: replicas push deltas to this subscriber at this node's Ray address (reachable from every
+        # node of the cluster, like Ray's own ports).
+        import ray
+
+        node_ip = ray.util.get_node_ip_address()
+        self._deltas = DeltaSubscriber(node_ip, node_ip, self._config.router.delta_channel_port)
+        await self._deltas.start()
         self._router = await start_grpc_server(
             self._config,
             ServeHandleBackend(
                 handles,
+                self._deltas,
                 max_wait_for_replica_s=waits,
                 on_retry=lambda kind: metrics.retries.labels(kind.value).inc(),
             ),
@@ -145,6 +163,7 @@ class RouterDeployment:
             if self._http is not None:
                 self._http.should_exit = True  # uvicorn stops accepting, then lets open requests finish
             await router.drain_and_stop(self._config.router.grace_period_s, self._config.router.drain_notice_s)
+            await self._deltas.stop()
             shutdown = getattr(self._tracer_provider, "shutdown", None)
             if shutdown is not None:  # flush spans still in the batch
                 shutdown()

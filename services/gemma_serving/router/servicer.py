@@ -34,6 +34,7 @@ MODEL_STATUS_TO_PB = {
     ServiceState.STARTING: pb.MODEL_STATUS_STARTING,
     ServiceState.UNAVAILABLE: pb.MODEL_STATUS_UNAVAILABLE,
     ServiceState.SCALED_TO_ZERO: pb.MODEL_STATUS_SCALED_TO_ZERO,
+    ServiceState.DEGRADED: pb.MODEL_STATUS_DEGRADED,
 }
 
 
@@ -153,7 +154,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 context_length=s.model.engine.max_model_len,
                 max_output_tokens=s.model.max_output_tokens,
                 status=MODEL_STATUS_TO_PB[self._health.states[kind]],
-                adapters=[a.name for a in s.model.adapters],
+                adapters=self._pipeline.adapters.names(kind),
                 default_sampling=sampling_to_pb(
                     {**s.model.default_sampling.model_dump(), "max_tokens": s.model.default_max_tokens}
                 ),

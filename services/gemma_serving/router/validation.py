@@ -12,20 +12,23 @@ from gemma_serving.engines.sampling import resolve as resolve_sampling
 from gemma_serving.engines.types import AudioPart, GenerationRequest, ImagePart, Sampling, TextPart
 from gemma_serving.errors import GemmaServingError, InvalidRequest, ModelNotFound
 from gemma_serving.media import inspect_audio, inspect_image
+from gemma_serving.router.adapters import AdapterCatalog
 from gemma_serving.router.validation_options import check_options
 
 ROLES = ("system", "user", "assistant", "tool")
 
 
-def validate_request(request: GenerationRequest, config: ServingConfig) -> tuple[ServiceKind, GenerationRequest]:
-    """The service that will serve `request`, and the request with sampling defaults filled in."""
+def validate_request(request: GenerationRequest, config: ServingConfig,
+                     adapters: AdapterCatalog | None = None) -> tuple[ServiceKind, GenerationRequest]:
+    """The service that will serve `request`, and the request with sampling defaults filled in (`adapters`: the
+    router's adapter catalog, with registered adapters; None checks configured adapters only)."""
     kind = _service(request.model, config)
     _check_messages(request, config)
     if request.raw_prompt and (len(request.messages) != 1 or len(request.messages[0].parts) != 1
                                or not isinstance(request.messages[0].parts[0], TextPart)):
         raise InvalidRequest("a raw prompt is one user message of one text part", field="prompt")
     _check_modalities(request, kind, config)
-    check_options(request, kind, config)
+    check_options(request, kind, config, adapters)
     sampling = _check_sampling(request.sampling, kind, config)
     return kind, dataclasses.replace(request, sampling=sampling)
 

@@ -8,26 +8,20 @@ import re
 from gemma_serving.config import SERVICE_MODALITIES, ServiceKind, ServingConfig
 from gemma_serving.engines.types import GenerationRequest
 from gemma_serving.errors import InvalidRequest
+from gemma_serving.router.adapters import AdapterCatalog
 
 _TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 
 
-def check_options(request: GenerationRequest, kind: ServiceKind, config: ServingConfig) -> None:
-    """Raise InvalidRequest naming the field if a feature option is malformed or not available for the model."""
+def check_options(request: GenerationRequest, kind: ServiceKind, config: ServingConfig,
+                  adapters: AdapterCatalog | None = None) -> None:
+    """Raise InvalidRequest naming the field if a feature option is malformed or not available for the model.
+    `adapters`: the router's catalog (configured + registered adapters); None checks the configured ones only."""
     _check_tools(request, config)
     _check_response_format(request, config)
     _check_audio_task(request, kind)
-    _check_adapter(request, kind, config)
-
-
-def _check_adapter(request: GenerationRequest, kind: ServiceKind, config: ServingConfig) -> None:
-    if not request.adapter:
-        return
-    names = [a.name for a in config.services[kind].model.adapters]
-    if request.adapter not in names:
-        known = f"configured adapters: {', '.join(names)}" if names else "this model has no adapters"
-        raise InvalidRequest(f"adapter '{request.adapter[:64]}' is not configured for model {request.model}; {known}",
-                             field="adapter")
+    if request.adapter:
+        (adapters or AdapterCatalog(config)).check(request.adapter, kind)
 
 
 def _check_schema(schema: dict, where: str, config: ServingConfig) -> None:

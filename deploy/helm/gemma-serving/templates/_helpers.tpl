@@ -16,6 +16,15 @@ app.kubernetes.io/name: {{ include "gemma-serving.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* Labels on the Ray pods and the selectors that pick them (NetworkPolicy, PDBs, monitoring). Not
+app.kubernetes.io/name: KubeRay labels Ray pods app.kubernetes.io/name=kuberay (and created-by=kuberay-operator), and
+the RayService head Service it switches between clusters selects exactly those values; a pod template that overrides
+them (KubeRay lets template labels win) would leave that Service, the router's, without endpoints. */}}
+{{- define "gemma-serving.podSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: {{ include "gemma-serving.name" . }}
+{{- end -}}
+
 {{- define "gemma-serving.labels" -}}
 {{ include "gemma-serving.selectorLabels" . }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
@@ -67,19 +76,41 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- addf (default 2 $r.drain_notice_s) (default 10 $r.grace_period_s) | ceil | int -}}
 {{- end -}}
 
+{{/* The Service clients, the Gateway and `helm test` use: the RayService's head Service, which KubeRay creates as
+<rayservice>-head-svc and moves to the new RayCluster in the same step as <rayservice>-serve-svc, once that cluster's
+Serve applications are all RUNNING (rayservice.yaml headGroupSpec.headService says why not the serve Service). */}}
+{{- define "gemma-serving.routerService" -}}
+{{- printf "%s-head-svc" (include "gemma-serving.fullname" .) -}}
+{{- end -}}
+
+{{/* Seconds KubeRay keeps the old RayCluster after traffic moved (rayClusterDeletionDelaySeconds): by default long
+enough for a stream admitted just before the switch to run to config.router.max_request_seconds (the router's cap on
+every request), plus the router's drain. */}}
+{{- define "gemma-serving.clusterDeletionDelaySeconds" -}}
+{{- $r := .Values.config.router -}}
+{{- if ne .Values.ray.clusterDeletionDelaySeconds nil -}}
+{{- .Values.ray.clusterDeletionDelaySeconds | int -}}
+{{- else -}}
+{{- add ($r.max_request_seconds | default 600 | ceil | int) (include "gemma-serving.drainSeconds" . | int) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Ray CPU/GPU/custom resources for rayStartParams.resources: KubeRay wants a quoted JSON string. */}}
 {{- define "gemma-serving.rayResources" -}}
 {{- toJson . | quote -}}
 {{- end -}}
 
 {{/* Pod-level settings shared by the head and every worker group. */}}
-{{/* Args: root, models (whether the pod mounts the model storage). */}}
+{{/* Args: root, models (whether the pod mounts the model storage), head (the head pod). */}}
 {{- define "gemma-serving.podAnnotations" -}}
 {{- if and .models (eq .root.Values.modelStorage.type "gcsFuse") }}
 gke-gcsfuse/volumes: "true"
 gke-gcsfuse/cpu-limit: "0"
 gke-gcsfuse/memory-limit: "0"
 gke-gcsfuse/ephemeral-storage-limit: "0"
+{{- end }}
+{{- if and .head .root.Values.ray.newClusterOnConfigChange }}
+gemma-serving/config-sha256: {{ toJson .root.Values.config | sha256sum }}
 {{- end }}
 {{- with .root.Values.podAnnotations }}
 {{ toYaml . }}
@@ -98,7 +129,7 @@ gke-gcsfuse/ephemeral-storage-limit: "0"
 - name: models
   csi:
     driver: gcsfuse.csi.storage.gke.io
-    readOnly: true
+    readOnly: {{ ne (include "gemma-serving.storageWritable" .) "true" }}
     volumeAttributes:
       bucketName: {{ required "modelStorage.gcsFuse.bucket is required" $ms.gcsFuse.bucket | quote }}
       mountOptions: {{ $ms.gcsFuse.mountOptions | quote }}
@@ -106,7 +137,7 @@ gke-gcsfuse/ephemeral-storage-limit: "0"
 - name: models
   persistentVolumeClaim:
     claimName: {{ required "modelStorage.pvc.claimName is required" $ms.pvc.claimName }}
-    readOnly: true
+    readOnly: {{ ne (include "gemma-serving.storageWritable" .) "true" }}
 {{- else if eq $ms.type "huggingFace" }}
 - name: models
   emptyDir:
@@ -121,7 +152,7 @@ gke-gcsfuse/ephemeral-storage-limit: "0"
 {{- if and .models (ne .root.Values.modelStorage.type "none") }}
 - name: models
   mountPath: {{ .root.Values.modelStorage.mountPath }}
-  readOnly: {{ ne .root.Values.modelStorage.type "huggingFace" }}
+  readOnly: {{ and (ne .root.Values.modelStorage.type "huggingFace") (ne (include "gemma-serving.storageWritable" .) "true") }}
 {{- end }}
 {{- end -}}
 
@@ -192,6 +223,9 @@ imagePullSecrets:
 {{- if and $svc (not ($svc.deployment).accelerator_type) -}}
 {{- $any = true -}}
 {{- end -}}
+{{- end -}}
+{{- if include "gemma-serving.adapterRegistry" . -}}
+{{- $any = true -}}{{/* the router reads and writes the adapter registry (templates/_finetune.tpl) */}}
 {{- end -}}
 {{- $any -}}
 {{- end -}}

@@ -6,7 +6,7 @@
 {{- $args := dict "root" $root "models" true "shmSize" $group.shmSize -}}
 metadata:
   labels:
-    {{- include "gemma-serving.selectorLabels" $root | nindent 4 }}
+    {{- include "gemma-serving.podSelectorLabels" $root | nindent 4 }}
     app.kubernetes.io/component: worker
     ai.gke.io/inference-server: vllm
     {{- with $models }}
@@ -21,8 +21,11 @@ metadata:
   {{- end }}
 spec:
   {{- include "gemma-serving.podCommon" $args | nindent 2 }}
-  # Serve replicas get graceful_shutdown_timeout_s (30 s, app.py) to finish requests.
-  terminationGracePeriodSeconds: 60
+  # When a whole cluster goes (the old one after an upgrade), the head's preStop drains the router while Serve stops
+  # the replicas gracefully (graceful_shutdown_timeout_s, 30 s in app.py): workers keep Ray up that long before
+  # `ray stop`, so the streams the draining router still carries can finish.
+  {{- $drain := include "gemma-serving.drainSeconds" $root | int }}
+  terminationGracePeriodSeconds: {{ max 60 (add (max $drain 30) 15) }}
   {{- with .accelerator }}
   nodeSelector:
     cloud.google.com/gke-accelerator: {{ . }}
@@ -63,7 +66,7 @@ spec:
       lifecycle:
         preStop:
           exec:
-            command: ["/bin/sh", "-c", "ray stop"]
+            command: ["/bin/sh", "-c", "sleep {{ max $drain 30 }}; ray stop"]
       volumeMounts:
         {{- include "gemma-serving.volumeMounts" $args | nindent 8 }}
   volumes:

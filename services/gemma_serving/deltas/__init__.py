@@ -1,0 +1,8 @@
+"""The token path between replicas and routers: one multiplexed channel per router–replica pair.
+
+The Serve handle call of a request stays open for its whole life (Serve counts it for autoscaling and backpressure,
+cancelling it aborts the engine request, a dead replica fails it), but its deltas do not travel as one Ray streaming
+item each: a replica batches the deltas of every in-flight request bound for the same router that are ready in one
+event-loop pass (one engine step) into one ZeroMQ message, the pattern vLLM uses between its engine core and front
+end. See README, Design: the token path.
+"""
