@@ -104,6 +104,7 @@ CASES: list[Case] = [
     chat("missing messages", messages=None),
     chat("unknown model", model="gemma-99"),
     completion("completion suffix", suffix=" the end."),
+    chat("stream_options without stream", stream_options={"include_usage": True}),
     chat("unknown parameter", frobnicate=True, differs=(
         400, 200, "vLLM ignores unknown fields (with a log line); we refuse them so that a typo is not silently "
         "ignored (issue 15)")),

@@ -5,7 +5,7 @@ import openai
 import pytest
 from gemma_serving.engines.types import Chunk, FinishReason
 from gemma_serving.errors import ReplicaGone
-from gemma_serving.router.openai_convert import fail_on_abort
+from gemma_serving.router.openai_convert import openai_finish
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -46,6 +46,7 @@ async def test_harmless_fields_that_clients_send_are_accepted(client):
     (dict(top_p=0), "sampling.top_p", "top_p must be in (0, 1], got 0"),
     (dict(repetition_penalty=-1), "sampling.repetition_penalty", "repetition_penalty must be > 0"),
     (dict(n=9), "sampling.n", "sampling.n must be 1..8, got 9"),
+    (dict(stream_options={"include_usage": True}), "stream_options", "stream_options is allowed only with stream"),
     (dict(messages=[{"role": "user", "content": [{"type": "video", "video": "x"}]}]), "messages[0].content[0]",
      "messages[0].content[0]: Input tag 'video' found using 'type' does not match any of the expected tags"),
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]),
@@ -101,7 +102,7 @@ async def test_an_aborted_generation_is_an_error_not_a_stop():
         yield Chunk("partial", 3, 1)
         yield Chunk("", 3, 1, FinishReason.ABORT)
 
-    stream = fail_on_abort(aborted())
+    stream = openai_finish(aborted())
     assert (await anext(stream)).text == "partial"
     with pytest.raises(ReplicaGone, match="aborted"):
         await anext(stream)
@@ -123,3 +124,17 @@ def test_vllm_engine_sends_a_raw_prompt_tokenized_as_vllms_completions_endpoint_
     assert tokenizer(raw, add_special_tokens=False).input_ids == tokenizer("Once upon").input_ids
     chat = engine._prompt(GenerationRequest("m", messages, Sampling(4)))["prompt"]
     assert "<start_of_turn>user" in chat and "<start_of_turn>" not in raw
+
+
+async def test_a_call_forced_by_a_named_tool_choice_finishes_with_stop_as_in_openai(client):
+    from gemma_serving.config import ServiceKind
+
+    c, backend = client
+    backend.engines[ServiceKind.TEXT].script = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice, finish in ((named, "stop"), ("required", "tool_calls"), ("auto", "tool_calls")):
+        reply = await c.chat.completions.create(model="text-model", messages=HI, tools=tools, tool_choice=choice,
+                                                max_tokens=100)
+        assert reply.choices[0].message.tool_calls[0].function.name == "get_weather"
+        assert reply.choices[0].finish_reason == finish, choice

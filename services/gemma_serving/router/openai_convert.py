@@ -129,18 +129,21 @@ def completion_request(body: dict) -> tuple[GenerationRequest, om.CompletionBody
     return request, parsed
 
 
-#: OpenAI's finish_reason values. An aborted generation has none: fail_on_abort turns it into an error.
+#: OpenAI's finish_reason values. An aborted generation has none: openai_finish turns it into an error.
 FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length", FinishReason.TOOL_CALLS: "tool_calls",
           None: None}
 
 
-async def fail_on_abort(stream: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """`stream`, raising ReplicaGone (503, retryable) where the engine aborted the generation: OpenAI has no
-    finish_reason for it, and reporting "stop" would pass a cut-off answer as complete."""
+async def openai_finish(stream: AsyncIterator[Chunk], *, named_tool: bool = False) -> AsyncIterator[Chunk]:
+    """`stream` with finish reasons as OpenAI reports them: where the engine aborted the generation it raises
+    ReplicaGone (503, retryable), as OpenAI has no finish_reason for it and "stop" would pass a cut-off answer as
+    complete; a call forced by a named tool_choice (`named_tool`) finishes with "stop", as in OpenAI's API."""
     try:
         async for chunk in stream:
             if chunk.finish_reason is FinishReason.ABORT:
                 raise ReplicaGone("the engine aborted the request before it finished; retry it")
+            if named_tool and chunk.finish_reason is FinishReason.TOOL_CALLS:
+                chunk = dataclasses.replace(chunk, finish_reason=FinishReason.STOP)
             yield chunk
     finally:
         await stream.aclose()

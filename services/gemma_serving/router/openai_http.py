@@ -118,7 +118,8 @@ class OpenAISurface:
         carrier = {k: v for k, v in http.headers.items() if k in ("traceparent", "tracestate")}
         stream = self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier,
                                        credentials=_credentials(http))
-        return with_timing(oc.fail_on_abort(stream), received=received)
+        named_tool = domain.tool_choice.mode == "function"
+        return with_timing(oc.openai_finish(stream, named_tool=named_tool), received=received)
 
     async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
         return await collect(self._stream(domain, http, request_id))

@@ -204,6 +204,8 @@ def _invalid(exc: ValidationError) -> InvalidRequest:
 
 
 def _refuse_non_noops(parsed: Any) -> None:
+    if parsed.stream_options is not None and not parsed.stream:
+        raise InvalidRequest("stream_options is allowed only with stream: true", field="stream_options")
     if parsed.logit_bias:
         raise InvalidRequest("logit_bias is not supported; send null or {}", field="logit_bias")
     if parsed.store:
