@@ -13,7 +13,10 @@ from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 
 async def test_models_are_listed(client):
     c, _ = client
-    assert {m.id async for m in c.models.list()} == {"text-model", "vision-model", "audio-model"}
+    models = {m.id: m async for m in c.models.list()}
+    assert set(models) == {"text-model", "vision-model", "audio-model"}
+    text = models["text-model"].model_extra
+    assert text["max_model_len"] == 2048 and text["default_sampling"] == {"max_tokens": 64}
 
 
 async def test_chat_completion_and_streaming(client):

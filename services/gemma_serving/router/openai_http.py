@@ -125,7 +125,11 @@ class OpenAISurface:
         return await collect(self._stream(domain, http, request_id))
 
     async def models(self, http: Request) -> JSONResponse:
-        data = [{"id": s.model.name, "object": "model", "created": 0, "owned_by": "gemma-serving"}
+        """OpenAI's model list, with vLLM's `max_model_len` and our `default_sampling` (set parameters only)."""
+        data = [{"id": s.model.name, "object": "model", "created": 0, "owned_by": "gemma-serving",
+                 "max_model_len": s.model.engine.max_model_len,
+                 "default_sampling": {"max_tokens": s.model.default_max_tokens,
+                                      **s.model.default_sampling.model_dump(exclude_none=True)}}
                 for s in self._config.services.values()]
         return JSONResponse({"object": "list", "data": data})
 
