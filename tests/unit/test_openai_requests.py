@@ -138,3 +138,15 @@ async def test_a_call_forced_by_a_named_tool_choice_finishes_with_stop_as_in_ope
                                                 max_tokens=100)
         assert reply.choices[0].message.tool_calls[0].function.name == "get_weather"
         assert reply.choices[0].finish_reason == finish, choice
+
+
+async def test_an_assistant_reply_sent_back_as_received_is_accepted(client):
+    c, _ = client
+    echoed = {"role": "assistant", "content": "Hello.", "refusal": None, "annotations": [], "audio": None,
+              "function_call": None, "tool_calls": None, "reasoning": None}
+    reply = await c.chat.completions.create(model="text-model", max_tokens=2,
+                                            messages=[*HI, echoed, {"role": "user", "content": "And?"}])
+    assert reply.choices[0].finish_reason == "length"
+    error = await _status_error(c.chat.completions.create(model="text-model", max_tokens=2, messages=[
+        *HI, {**echoed, "audio": {"id": "audio_1"}}, {"role": "user", "content": "And?"}]))
+    assert error.status_code == 400 and error.body["param"] == "messages[1].audio"

@@ -58,14 +58,24 @@ class ToolCallIn(_Body):
     id: str = Field("", description="The call id, echoed by the tool message that answers it.")
     type: Literal["function"] = Field("function", description="Always function.")
     function: FunctionCall = Field(description="The call.")
+    index: Optional[int] = Field(None, description="Accepted and ignored (kept by clients that assembled a stream).")
 
 
 class ChatMessage(_Body):
+    """One message. Clients send earlier assistant replies back as they got them, so the reply-only fields of
+    OpenAI's and vLLM's responses are accepted here and ignored (audio and function_call only when null)."""
+
     role: str = Field(description="system, user, assistant or tool.")
     content: Union[str, list[ContentPart], None] = Field(None, description="Text, or a list of parts.")
     name: Optional[str] = Field(None, description="Accepted and ignored (participant name).")
     tool_calls: Optional[list[ToolCallIn]] = Field(None, description="On an assistant message: the calls it made.")
     tool_call_id: Optional[str] = Field(None, description="On a tool message: the call it answers.")
+    refusal: Optional[str] = Field(None, description="Accepted and ignored (an echoed reply's refusal).")
+    annotations: Optional[list[Any]] = Field(None, description="Accepted and ignored (an echoed reply's).")
+    reasoning: Optional[str] = Field(None, description="Accepted and ignored (vLLM's reasoning output, echoed).")
+    reasoning_content: Optional[str] = Field(None, description="Accepted and ignored (older name of reasoning).")
+    audio: None = Field(None, description="Only null: audio replies are not produced here.")
+    function_call: None = Field(None, description="Only null: the legacy function call; use tool_calls.")
 
 
 class FunctionDef(_Body):
