@@ -54,6 +54,9 @@ CASES: list[Case] = [
     chat("chat multi-turn", messages=[*HI, {"role": "assistant", "content": "It is big."},
                                       {"role": "user", "content": "And deep?"}]),
     chat("chat max_completion_tokens", max_tokens=None, max_completion_tokens=8),
+    chat("chat with a reply sent back as received", messages=[*HI, {
+        "role": "assistant", "content": "It is big.", "refusal": None, "annotations": None, "audio": None,
+        "function_call": None, "tool_calls": []}, {"role": "user", "content": "And deep?"}]),
     chat("chat stop list", stop=["e", "a"]),
     chat("chat stop string", stop="s"),
     chat("chat seed", temperature=1.0, seed=42, **SAMPLED),
