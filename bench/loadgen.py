@@ -64,6 +64,8 @@ class SamplingSpec:
     max_tokens: int = 64
     temperature: float = 0.0
     seed: int = 0
+    #: Generate exactly max_tokens (vLLM's ignore_eos): fixed-length requests for token-path comparisons.
+    ignore_eos: bool = False
 
 
 class Target(Protocol):
@@ -123,7 +125,8 @@ class GrpcTarget:
             model=self.model,
             messages=[pb.Message(role="user", parts=self.parts(prompt))],
             sampling=pb.SamplingParams(
-                max_tokens=sampling.max_tokens, temperature=sampling.temperature, seed=sampling.seed
+                max_tokens=sampling.max_tokens, temperature=sampling.temperature, seed=sampling.seed,
+                ignore_eos=sampling.ignore_eos,
             ),
         )
         call = self._stub.GenerateStream(request, metadata=self.metadata, timeout=self.timeout_s)
@@ -146,7 +149,8 @@ class EngineTarget:
         request = GenerationRequest(
             self.model,
             (Message("user", (TextPart(prompt),)),),
-            Sampling(max_tokens=sampling.max_tokens, temperature=sampling.temperature, seed=sampling.seed),
+            Sampling(max_tokens=sampling.max_tokens, temperature=sampling.temperature, seed=sampling.seed,
+                     ignore_eos=sampling.ignore_eos),
         )
         gen = self.engine.generate(request, request_id=uuid.uuid4().hex)
         try:
@@ -154,6 +158,48 @@ class EngineTarget:
                 yield chunk.text, chunk.completion_tokens
         finally:
             await gen.aclose()
+
+
+class OpenAIChatTarget:
+    """POST /v1/chat/completions with stream=true (SSE) on any OpenAI-compatible server (ours, vLLM's, Ray Serve
+    LLM's); usage from `stream_options.include_usage`. One aiohttp session, a connection per concurrent stream."""
+
+    def __init__(self, base_url: str, model: str, *, name: str = "openai", timeout_s: float = 300) -> None:
+        self.name, self.url, self.model, self.timeout_s = name, base_url.rstrip("/") + "/v1/chat/completions", model, timeout_s
+        self._session = None
+
+    async def open(self) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                              timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def stream(self, prompt: str, sampling: SamplingSpec) -> AsyncIterator[tuple[str, int | None]]:
+        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "stream": True,
+                "max_tokens": sampling.max_tokens, "temperature": sampling.temperature, "seed": sampling.seed,
+                "stream_options": {"include_usage": True}}
+        if sampling.ignore_eos:
+            body["ignore_eos"] = True
+        async with self._session.post(self.url, json=body) as response:
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}")
+            async for line in response.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise RuntimeError(f"stream error: {event['error'].get('code')}")
+                usage = event.get("usage")
+                choices = event.get("choices") or []
+                text = (choices[0].get("delta") or {}).get("content") or "" if choices else ""
+                if text:
+                    yield text, None
+                elif usage:  # the usage-only chunk at the end: the exact token count
+                    yield "", usage["completion_tokens"]
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""`gemma-serving` command: up, serve, down, status, metrics, generate, demo, finetune, adapters, build-models."""
+"""`gemma-serving` command: up, serve, down, status, metrics, generate, demo, finetune, adapters, build-models.
+
+up, status, generate and demo reach the router the way the config says: over TLS when `security.tls` is set (the
+server certificate trusted as root unless GEMMA_SERVING_TLS_CA names its CA; GEMMA_SERVING_TLS_CLIENT_CERT / _KEY for
+mTLS) and with the API key in GEMMA_SERVING_API_KEY when `security.auth` is api_key (client/connection.py).
+"""
 
 from __future__ import annotations
 
@@ -28,10 +33,17 @@ def _cmd_new_api_key(args) -> int:
     return 0
 
 
+def _connection(args):
+    """How to reach the configured platform: its address (or --target), its TLS, a key from the environment."""
+    from gemma_serving.client.connection import connection_for
+
+    return connection_for(load_config(args.config), getattr(args, "target", None))
+
+
 def _cmd_up(args) -> int:
     from gemma_serving.local import up
 
-    up(load_config(args.config), Path(args.config))
+    up(load_config(args.config), Path(args.config), _connection(args))
     return 0
 
 
@@ -45,14 +57,14 @@ def _cmd_serve(args) -> int:
 def _cmd_down(args) -> int:
     from gemma_serving.local import down
 
-    down()
+    down(connection=_connection(args))
     return 0
 
 
 def _cmd_status(args) -> int:
     from gemma_serving.local import status
 
-    return status(load_config(args.config))
+    return status(_connection(args))
 
 
 def _cmd_generate(args) -> int:
@@ -65,7 +77,9 @@ def _cmd_generate(args) -> int:
         parts.append(audio_part(Path(args.audio).read_bytes()))
     parts.append(args.prompt)
     needs = {"text"} | ({"image"} if args.image else set()) | ({"audio"} if args.audio else set())
-    with GemmaClient(args.target) as client:
+    connection = _connection(args)
+    connection.require_api_key()
+    with GemmaClient(connection.target, **connection.client_options()) as client:
         model = args.model or client.model_for(needs)
         if args.stream:
             for chunk in client.stream(model, [message(*parts)], max_tokens=args.max_tokens, adapter=args.adapter):
@@ -123,8 +137,10 @@ def _cmd_demo(args) -> int:
         ("image+text", {"text", "image"}, [message(image_part(sample_png(), "image/png"), "Describe this image.")]),
         ("audio+text", {"text", "audio"}, [message(audio_part(sample_wav(), "audio/wav"), "Transcribe this audio.")]),
     ]
+    connection = _connection(args)
+    connection.require_api_key()
     print("(tiny random-weight models: the answers are gibberish by design; real checkpoints answer for real)")
-    with GemmaClient(args.target) as client:
+    with GemmaClient(connection.target, **connection.client_options()) as client:
         for label, needs, messages in cases:
             model = client.model_for(needs)
             reply = client.generate(model, messages, max_tokens=args.max_tokens, temperature=0.0)
@@ -196,10 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func, help_: str, *, config: bool = False, target: bool = False):
         p = sub.add_parser(name, help=help_)
         p.set_defaults(func=func)
-        if config:
+        if config and not target:  # a target's --config also says how to reach the router
             p.add_argument("--config", default=str(default_config_path()), help="platform config YAML")
         if target:
-            p.add_argument("--target", default="127.0.0.1:50051", help="router address")
+            p.add_argument("--config", default=str(default_config_path()),
+                           help="platform config YAML (router address, TLS, whether a key is needed)")
+            p.add_argument("--target", default=None, help="router address (default: the config's router host:port)")
         return p
 
     p = add("build-models", _cmd_build_models, "build the tiny local Gemma checkpoints")
@@ -207,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("new-api-key", _cmd_new_api_key, "print a new API key and the salted hash to configure")
     add("up", _cmd_up, "start the platform in the background (local Ray + the app)", config=True)
     add("serve", _cmd_serve, "run the platform in the foreground until SIGTERM", config=True)
-    add("down", _cmd_down, "stop the background platform")
+    add("down", _cmd_down, "stop the background platform", config=True)
     add("status", _cmd_status, "show the app and router state", config=True)
     p = add("generate", _cmd_generate, "send one request", target=True)
     p.add_argument("prompt")

@@ -37,6 +37,12 @@ class InvalidRequest(GemmaServingError):
     http_status = 400
 
 
+class RequestTooLarge(InvalidRequest):
+    """A request body over its configured size cap (refused before the rest is read)."""
+
+    http_status = 413
+
+
 class Unauthenticated(GemmaServingError):
     grpc_code = "UNAUTHENTICATED"
     http_status = 401
@@ -99,6 +105,13 @@ class PolicyViolation(GemmaServingError):
 
     grpc_code = "FAILED_PRECONDITION"
     http_status = 400
+
+
+class ClientCancelled(GemmaServingError):
+    """The client went away (cancelled, disconnected) before the answer was complete; 499 as nginx logs it."""
+
+    grpc_code = "CANCELLED"
+    http_status = 499
 
 
 class InternalError(GemmaServingError):

@@ -19,6 +19,7 @@ import grpc
 
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
+from gemma_serving.client.connection import Connection
 from gemma_serving.config import ServingConfig
 
 #: In run_dir(): the GCS address of the Ray cluster `serve_forever` owns.
@@ -70,13 +71,17 @@ def local_ray_address() -> str | None:
     return path.read_text().strip() or None
 
 
-def router_serving(target: str, timeout_s: float = 2.0) -> bool:
-    """Whether the router's standard gRPC health check answers SERVING."""
+def router_serving(connection: Connection | str, timeout_s: float = 2.0) -> bool:
+    """Whether the router's standard gRPC health check answers SERVING (over the connection's TLS, with its key; a
+    plain "host:port" means plaintext without a key)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    if isinstance(connection, str):
+        connection = Connection(connection)
     try:
-        with grpc.insecure_channel(target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        with connection.channel() as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s,
+                                                              metadata=connection.metadata)
             return reply.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.RpcError:
         return False
@@ -91,36 +96,72 @@ def _pid() -> int | None:
         return None
 
 
-def up(config: ServingConfig, config_path: Path, *, timeout_s: float = 900) -> None:
-    """Start `gemma-serving serve` in the background; return once the router serves (or raise with its log)."""
-    target = f"{config.router.host}:{config.router.port}"
-    if _pid() is not None and router_serving(target):
-        print(f"gemma-serving is already up on {target}")
-        return
+def _claim_pid_file() -> Path:
+    """Create the pid file exclusively (holding this process's pid until the platform's replaces it), so that two
+    `up`s never start two platforms; a stale file (its process gone) is replaced."""
+    path = run_dir() / "serve.pid"
+    if path.exists() and _pid() is None:
+        path.unlink(missing_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise RuntimeError(f"a platform is already starting or running (pid file {path}); run `gemma-serving "
+                           "status`, or `gemma-serving down` first") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return path
+
+
+def up(config: ServingConfig, config_path: Path, connection: Connection, *, timeout_s: float = 900) -> None:
+    """Start `gemma-serving serve` in the background; return once the router serves (or raise with its log).
+
+    Refuses to start a second platform: one already running here (serving or still starting), or anything already
+    serving on the configured address. A platform that does not come up in time is stopped, not orphaned."""
+    target = connection.target
+    pid = _pid()
+    if pid is not None:
+        if router_serving(connection):
+            print(f"gemma-serving is already up on {target} (pid {pid})")
+            return
+        raise RuntimeError(f"a platform is already running (pid {pid}) but {target} is not serving yet; wait and "
+                           "run `gemma-serving status`, or `gemma-serving down` first")
+    if router_serving(connection):
+        raise RuntimeError(f"something not started from {run_dir()} already serves on {target}; stop it first")
+    pid_file = _claim_pid_file()
     log_path = run_dir() / "serve.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gemma_serving.cli", "serve", "--config", str(config_path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-    (run_dir() / "serve.pid").write_text(str(proc.pid))
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gemma_serving.cli", "serve", "--config", str(config_path)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+    except BaseException:
+        pid_file.unlink(missing_ok=True)
+        raise
+    pid_file.write_text(str(proc.pid))
     print(f"starting gemma-serving (pid {proc.pid}, log {log_path}) ...", flush=True)
     began = time.monotonic()
-    while not router_serving(target):
+    while not router_serving(connection):
         if proc.poll() is not None:
+            pid_file.unlink(missing_ok=True)
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-20:])
             raise RuntimeError(f"gemma-serving exited with code {proc.returncode}; log tail:\n{tail}")
         if time.monotonic() - began > timeout_s:
-            raise TimeoutError(f"router at {target} not serving after {timeout_s:.0f} s; see {log_path}")
+            down()
+            raise TimeoutError(f"router at {target} not serving after {timeout_s:.0f} s, so the platform was "
+                               f"stopped; see {log_path}")
         time.sleep(1)
     print(f"gemma-serving is up on {target} after {time.monotonic() - began:.0f} s", flush=True)
 
 
-def down(timeout_s: float = 60) -> None:
-    """Stop the background platform (SIGTERM, then SIGKILL of its process group after `timeout_s`)."""
+def down(timeout_s: float = 60, connection: Connection | None = None) -> None:
+    """Stop the background platform (SIGTERM, then SIGKILL of its process group after `timeout_s`); with
+    `connection`, say so if something still serves on its address afterwards."""
     pid = _pid()
     if pid is None:
         print("gemma-serving is not running")
+        if connection is not None and router_serving(connection):
+            print(f"note: something not started from {run_dir()} serves on {connection.target}")
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
@@ -130,19 +171,22 @@ def down(timeout_s: float = 60) -> None:
         os.killpg(pid, signal.SIGKILL)
     (run_dir() / "serve.pid").unlink(missing_ok=True)
     print("gemma-serving stopped")
+    if connection is not None and router_serving(connection):
+        print(f"note: something still serves on {connection.target}")
 
 
-def status(config: ServingConfig) -> int:
+def status(connection: Connection) -> int:
     """Print whether the platform runs and what it serves; returns an exit code."""
-    target = f"{config.router.host}:{config.router.port}"
+    target = connection.target
     pid = _pid()
     print(f"process: {'pid ' + str(pid) if pid else 'not running'}")
-    if not router_serving(target):
+    if not router_serving(connection):
         print(f"router {target}: not serving")
         return 1
-    print(f"router {target}: SERVING")
-    with grpc.insecure_channel(target) as channel:
-        models = pb_grpc.InferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=5).models
+    print(f"router {target}: SERVING{' (TLS)' if connection.tls else ''}")
+    with connection.channel() as channel:
+        models = pb_grpc.InferenceStub(channel).ListModels(pb.ListModelsRequest(), timeout=5,
+                                                           metadata=connection.metadata).models
     for m in models:
         kinds = ", ".join(pb.Modality.Name(x).removeprefix("MODALITY_").lower() for x in m.input_modalities)
         print(f"  {m.name}: service={m.service} inputs={kinds} context={m.context_length}")

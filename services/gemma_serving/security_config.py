@@ -76,7 +76,13 @@ class SecuritySettings(_Strict):
     )
     tls: TlsSettings | None = Field(None, description="TLS on the gRPC port; None means plaintext (use a gateway).")
     failed_auth_per_minute: int = Field(
-        20, gt=0, description="Failed authentications allowed per client address per minute before refusing."
+        20, gt=0, description="Failed authentications allowed per client address per minute; beyond, that "
+        "address's failing requests are refused RESOURCE_EXHAUSTED (valid keys are always accepted)."
+    )
+    failed_auth_tracked_clients: int = Field(
+        10_000, gt=0, le=10_000_000,
+        description="Client addresses whose failed authentications are counted at once (the least recently failing "
+        "is forgotten beyond), bounding the limiter's memory.",
     )
     fair_share: bool = Field(
         True, description="Under saturation, cap each tenant at an equal share of a service's in-flight capacity."

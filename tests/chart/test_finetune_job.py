@@ -103,11 +103,13 @@ def test_the_entrypoint_runs_finetune_with_our_config_and_registers_through_the_
     opts = {a: (b if not b.startswith("--") else None) for a, b in zip(args[2:], args[3:] + ["--"])
             if a.startswith("--")}
     assert opts["--adapter"] == "Support_v2" and opts["--dataset"].startswith("gs://")
-    assert opts["--target"] == "gemma-gemma-serving-router.gemma.svc:50051"
+    # The head Service KubeRay moves to the serving cluster (the router's ports ride on it).
+    assert opts["--target"] == "gemma-gemma-serving-head-svc.gemma.svc:50051"
     assert "--overwrite" in opts and "--no-register" not in opts and "--replace" not in opts
     assert (opts["--config"], opts["--settings"]) == ("/etc/gemma-finetune/config.yaml",
                                                       "/etc/gemma-finetune/settings.yaml")
-    assert find(docs, "Service", "-router")  # the Service the target names
+    head = rayservice(docs)["spec"]["rayClusterConfig"]["headGroupSpec"]["headService"]
+    assert {p["name"] for p in head["spec"]["ports"]} >= {"grpc"}  # the port the target names
     assert job["spec"]["submissionMode"] == "HTTPMode" and job["spec"]["shutdownAfterJobFinishes"] is True
     (configmap,) = find(docs, "ConfigMap", "-ft-support-v2")
     config = parse_config(yaml.safe_load(configmap["data"]["config.yaml"]))  # the one config schema

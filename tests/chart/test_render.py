@@ -145,6 +145,15 @@ def test_autoscaler_and_pinned_image(profile):
         assert group["template"]["spec"]["containers"][0]["image"].endswith("@" + digest)
 
 
+@pytest.mark.parametrize("plaintext,protocol", [(False, "https"), (True, "http")])
+def test_the_openai_port_speaks_https_under_tls_unless_explicitly_plaintext(plaintext, protocol):
+    tls = {"cert_file": "/etc/gemma/tls/tls.crt", "key_file": "/etc/gemma/tls/tls.key"}
+    docs = objects(render(config={"security": {"tls": tls},
+                                  "router": {"http_port": 8088, "http_plaintext_beside_tls": plaintext}}))
+    svc = rayservice(docs)["spec"]["rayClusterConfig"]["headGroupSpec"]["headService"]
+    assert {p["name"]: p for p in svc["spec"]["ports"]}["openai-http"]["appProtocol"] == protocol
+
+
 def test_router_ports_and_drain(profile):
     """The router's ports ride on the RayService's head Service (test_kuberay.py checks what KubeRay makes of it):
     gRPC with h2c (GKE's load balancer speaks HTTP/2 cleartext to it), the OpenAI surface with http."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -17,13 +18,16 @@ from gemma_serving.engines.fake import FakeEngine
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.router.server import start_grpc_server
 
+#: stream_flush_ms 0: a delta per FakeEngine token, so tests can count chunks (test_token_path.py covers pacing).
+PER_TOKEN = {"stream_flush_ms": 0}
 CONFIG = {
     "router": {"port": 0},
     "limits": {"max_messages": 4, "max_images": 1, "max_image_pixels": 10_000, "max_audio_seconds": 2},
     "services": {
-        "text": {"model": {"name": "text-model", "source": "/m/t", "max_output_tokens": 100, "default_max_tokens": 64}},
-        "vision": {"model": {"name": "vision-model", "source": "/m/v"}},
-        "audio": {"model": {"name": "audio-model", "source": "/m/a"}},
+        "text": {"model": {"name": "text-model", "source": "/m/t", "max_output_tokens": 100, "default_max_tokens": 64},
+                 "deployment": PER_TOKEN},
+        "vision": {"model": {"name": "vision-model", "source": "/m/v"}, "deployment": PER_TOKEN},
+        "audio": {"model": {"name": "audio-model", "source": "/m/a"}, "deployment": PER_TOKEN},
     },
 }
 
@@ -117,3 +121,15 @@ async def client(router, config):
         yield c, backend
     server.should_exit = True
     await server.gemma_task
+
+
+@pytest.fixture
+def request_log():
+    """The records the request logger (gemma_serving.requests) writes during the test."""
+    logger = logging.getLogger("gemma_serving.requests")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)

@@ -6,6 +6,7 @@ from gemma_serving import errors
 
 TABLE = [
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, 400),
+    (errors.RequestTooLarge, grpc.StatusCode.INVALID_ARGUMENT, 413),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, 401),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, 403),
     (errors.ModelNotFound, grpc.StatusCode.NOT_FOUND, 404),
@@ -18,6 +19,7 @@ TABLE = [
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     (errors.UnsupportedModality, grpc.StatusCode.UNIMPLEMENTED, 501),
     (errors.PolicyViolation, grpc.StatusCode.FAILED_PRECONDITION, 400),
+    (errors.ClientCancelled, grpc.StatusCode.CANCELLED, 499),
     (errors.InternalError, grpc.StatusCode.INTERNAL, 500),
 ]
 

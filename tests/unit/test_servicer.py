@@ -41,6 +41,14 @@ async def test_list_models_reports_services_and_modalities(router):
     assert list(models["text-model"].adapters) == []
 
 
+def with_tool_history(arguments_json: str, name: str = "get_weather") -> pb.GenerateRequest:
+    """A conversation whose assistant turn echoes a tool call with these arguments."""
+    call = pb.ToolCall(id="call-1", name=name, arguments_json=arguments_json)
+    return pb.GenerateRequest(model="text-model", sampling=pb.SamplingParams(max_tokens=2), messages=[
+        message("Weather in Paris?"), pb.Message(role="assistant", tool_calls=[call]),
+        pb.Message(role="tool", tool_call_id="call-1", parts=[pb.Part(text="18 C")])])
+
+
 @pytest.mark.parametrize(
     "req,code,match",
     [
@@ -49,6 +57,12 @@ async def test_list_models_reports_services_and_modalities(router):
         (pb.GenerateRequest(model="text-model"), grpc.StatusCode.INVALID_ARGUMENT, "messages must hold"),
         (pb.GenerateRequest(model="text-model", messages=[pb.Message(role="user", parts=[pb.Part()])]),
          grpc.StatusCode.INVALID_ARGUMENT, r"messages[0].parts[0] is empty; set one of text, image, audio"),
+        (with_tool_history('{"city": "Par'), grpc.StatusCode.INVALID_ARGUMENT,
+         "messages[1].tool_calls[0].arguments_json is not valid JSON (13 characters)"),
+        (with_tool_history('["Paris"]'), grpc.StatusCode.INVALID_ARGUMENT,
+         "messages[1].tool_calls[0].arguments_json must be a JSON object, got list"),
+        (with_tool_history("{}", name=""), grpc.StatusCode.INVALID_ARGUMENT,
+         "messages[1].tool_calls[0].name is empty"),
     ],
 )
 async def test_bad_input_gets_a_clear_status_on_both_rpcs(router, req, code, match):

@@ -71,11 +71,17 @@ def build_request(model: str, messages: list[pb.Message], **options) -> pb.Gener
     return pb.GenerateRequest(model=model, messages=messages, sampling=pb.SamplingParams(**sampling), **rest)
 
 
-def _credentials(tls: bool, root_certificates: bytes | None, client_cert: tuple[bytes, bytes] | None):
+def channel_credentials(tls: bool, root_certificates: bytes | None, client_cert: tuple[bytes, bytes] | None):
     if not tls:
         return None
     key, chain = client_cert if client_cert else (None, None)
     return grpc.ssl_channel_credentials(root_certificates, key, chain)
+
+
+def tls_options(server_name: str | None) -> list[tuple[str, str]]:
+    """Verify the server certificate against `server_name` instead of the target's host (e.g. 127.0.0.1 vs a
+    certificate for localhost)."""
+    return [("grpc.ssl_target_name_override", server_name)] if server_name else []
 
 
 class _Options:
@@ -90,9 +96,11 @@ class GemmaClient:
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout_s: float = 120.0, api_key: str | None = None,
                  tls: bool = False, root_certificates: bytes | None = None,
-                 client_cert: tuple[bytes, bytes] | None = None, retry: RetryPolicy = RetryPolicy()) -> None:
-        creds = _credentials(tls, root_certificates, client_cert)
-        self._channel = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
+                 client_cert: tuple[bytes, bytes] | None = None, retry: RetryPolicy = RetryPolicy(),
+                 server_name: str | None = None) -> None:
+        creds = channel_credentials(tls, root_certificates, client_cert)
+        self._channel = (grpc.secure_channel(target, creds, options=tls_options(server_name)) if creds
+                         else grpc.insecure_channel(target))
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._admin = admin_grpc.AdminStub(self._channel)
         self._o = _Options(api_key, timeout_s, retry)
@@ -180,9 +188,11 @@ class AsyncGemmaClient:
 
     def __init__(self, target: str = "127.0.0.1:50051", *, timeout_s: float = 120.0, api_key: str | None = None,
                  tls: bool = False, root_certificates: bytes | None = None,
-                 client_cert: tuple[bytes, bytes] | None = None, retry: RetryPolicy = RetryPolicy()) -> None:
-        creds = _credentials(tls, root_certificates, client_cert)
-        self._channel = grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
+                 client_cert: tuple[bytes, bytes] | None = None, retry: RetryPolicy = RetryPolicy(),
+                 server_name: str | None = None) -> None:
+        creds = channel_credentials(tls, root_certificates, client_cert)
+        self._channel = (grpc.aio.secure_channel(target, creds, options=tls_options(server_name)) if creds
+                         else grpc.aio.insecure_channel(target))
         self._stub = pb_grpc.InferenceStub(self._channel)
         self._o = _Options(api_key, timeout_s, retry)
 

@@ -24,44 +24,34 @@ class DeltaPublisher:
     """Batches deltas per router address and sends each batch as one message.
 
     A flush is scheduled once per event-loop pass (`loop.call_soon`), so every request's delta of one engine step
-    (vLLM wakes all of them in the same pass) leaves in one message. `flush_interval_s` > 0 holds later deltas up to
-    that long to merge more; a stream's first delta always goes at once.
+    (vLLM wakes all of them in the same pass) leaves in one message.
     """
 
-    def __init__(self, *, flush_interval_s: float = 0.0) -> None:
+    def __init__(self) -> None:
         # pyzmq's shared context: a context of our own would block the garbage collector (Context.__del__ waits for
         # its sockets) when a replica object goes away without close().
         self._context = zmq.Context.instance()
         self._sockets: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._batches: dict[str, list[Delta]] = {}
-        self._interval = flush_interval_s
         self._soon = False
-        self._timer: asyncio.TimerHandle | None = None
         self.messages_sent = 0
 
     def sink(self, address: str, stream: int) -> StreamSink:
         """The sender of one request's deltas."""
         return StreamSink(self, address, stream)
 
-    def put(self, address: str, delta: Delta, *, urgent: bool) -> None:
+    def put(self, address: str, delta: Delta) -> None:
         batch = self._batches.get(address)
         if batch is None:
             self._batches[address] = batch = []
         batch.append(delta)
-        if self._soon:
-            return
-        if urgent or self._interval <= 0:
+        if not self._soon:
             self._soon = True
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             asyncio.get_running_loop().call_soon(self.flush)
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
 
     def flush(self) -> None:
         """Send every pending batch now (one message per router)."""
-        self._soon, self._timer = False, None
+        self._soon = False
         batches, self._batches = self._batches, {}
         for address, batch in batches.items():
             try:
@@ -114,7 +104,7 @@ class StreamSink:
                       [(t.token, t.logprob, t.top) for t in chunk.logprobs] if chunk.logprobs else None)
         self._sent = True
         self._counts = (chunk.prompt_tokens, chunk.completion_tokens)
-        self._publisher.put(self._address, delta, urgent=first or self._ended)
+        self._publisher.put(self._address, delta)
 
     def end(self) -> None:
         """Mark the stream complete (a no-op when its last chunk already carried a finish reason)."""
@@ -123,4 +113,4 @@ class StreamSink:
             first = not self._sent
             self._publisher.put(self._address, Delta(self._stream, "", *self._counts,
                                                      replica_s=time.monotonic() - self._began if first else None,
-                                                     end=True), urgent=True)
+                                                     end=True))

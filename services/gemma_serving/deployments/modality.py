@@ -32,7 +32,6 @@ from gemma_serving.engines.types import (
     DecodedImage,
     GenerationRequest,
     ImagePart,
-    Message,
 )
 from gemma_serving.errors import GemmaServingError, InvalidRequest
 from gemma_serving.media import decode_audio, decode_image
@@ -76,7 +75,8 @@ def decode_media(request: GenerationRequest, accepts: tuple[str, ...]) -> Genera
             return DecodedAudio(samples, rate)
         return part
 
-    messages = tuple(Message(m.role, tuple(decode(p) for p in m.parts)) for m in request.messages)
+    # Only the parts change: tool_calls and tool_call_id (the tool history) stay with their messages.
+    messages = tuple(dataclasses.replace(m, parts=tuple(decode(p) for p in m.parts)) for m in request.messages)
     return dataclasses.replace(request, messages=messages)
 
 
@@ -117,7 +117,8 @@ class ModalityDeployment:
         self.loaded_adapters: set[str] = set()
         self.adapter_loads: dict[str, int] = {}
         self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
-        self._publisher = DeltaPublisher(flush_interval_s=self.config.deployment.stream_flush_ms / 1000)
+        self._publisher = DeltaPublisher()
+        self._stream_flush_s = self.config.deployment.stream_flush_ms / 1000
 
     async def generate_into(self, request: GenerationRequest, request_id: str, address: str, stream: int) -> None:
         """The router's call: push the request's chunks to router `address`, stream `stream`, over the delta
@@ -127,9 +128,14 @@ class ModalityDeployment:
         (client gone, deadline) closes the engine stream, which aborts the request in the engine.
         """
         sink = self._publisher.sink(address, stream)
+        pace = self._stream_flush_s
         async with asyncio.timeout(request.budget_s):  # a backstop: the router enforces the deadline itself
             async for chunk in self._engine_chunks(request, request_id):
                 sink.send(chunk)
+                if pace and chunk.finish_reason is None:
+                    # Adaptive coalescing: the first delta went at once; the engine keeps generating while this
+                    # stream waits, and vLLM merges its deltas meanwhile, so the next pull gets them all in one.
+                    await asyncio.sleep(pace)
         sink.end()
 
     async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:

@@ -34,13 +34,23 @@ class FakeEngine:
         budget = request.sampling.max_tokens
         n = budget if self.script is None else min(budget, len(self.script))
         reason = FinishReason.LENGTH if n == budget else FinishReason.STOP
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
-            for i in range(n):
+            done = 0
+            while done < n:
                 await asyncio.sleep(self.step_delay_s)
-                token = self.script[i] if self.script is not None else f" word{i}"
+                # Tokens come on the engine's own clock, as in vLLM: a consumer that pulls late gets every token
+                # generated meanwhile merged into one delta (vLLM's output collector merges DELTA outputs).
+                ready = done + 1
+                if self.step_delay_s > 0:
+                    ready = max(ready, min(n, int((loop.time() - began) / self.step_delay_s)))
+                tokens = [self.script[i] if self.script is not None else f" word{i}" for i in range(done, ready)]
                 top = request.sampling.top_logprobs or 0
-                logprobs = (_logprobs(token, i, top),) if request.sampling.logprobs else ()
-                yield Chunk(token, prompt_tokens, i + 1, reason if i + 1 == n else None, logprobs=logprobs)
+                logprobs = tuple(_logprobs(token, i, top) for i, token in zip(range(done, ready), tokens)) \
+                    if request.sampling.logprobs else ()
+                done = ready
+                yield Chunk("".join(tokens), prompt_tokens, done, reason if done == n else None, logprobs=logprobs)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 
 from gemma_serving.adapter_registry import RegisteredAdapter
 from gemma_serving.api import admin_pb2 as admin_pb
 from gemma_serving.api import admin_pb2_grpc as admin_grpc
 from gemma_serving.errors import PermissionDenied
 from gemma_serving.router.adapters import AdapterCatalog
-from gemma_serving.router.servicer import credentials_of
-from gemma_serving.router.status import abort_with
+from gemma_serving.router.interceptors import current_tenant
 from gemma_serving.router.tenancy import Tenancy
 from gemma_serving.security_config import TenantConfig
 
@@ -26,9 +24,9 @@ class AdminServicer(admin_grpc.AdminServicer):
         self._tenancy = tenancy
         self._adapters = adapters
 
-    def _admin(self, context) -> TenantConfig:
-        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        tenant = self._tenancy.authenticate(credentials_of(context, metadata))
+    def _admin(self) -> TenantConfig:
+        """The caller (authenticated by the interceptor), if it is an admin."""
+        tenant = current_tenant()
         if self._tenancy.authenticator.enabled and not tenant.admin:
             raise PermissionDenied(f"tenant {tenant.id} may not call Admin; admin operations need a tenant with "
                                    "admin: true")
@@ -36,27 +34,19 @@ class AdminServicer(admin_grpc.AdminServicer):
 
     async def RegisterAdapter(self, request: admin_pb.RegisterAdapterRequest,
                               context) -> admin_pb.RegisterAdapterResponse:
-        request_id = uuid.uuid4().hex
-        try:
-            tenant = self._admin(context)
-            entry = await asyncio.to_thread(self._adapters.register, request.model, request.name, request.source,
-                                            replace=request.replace)
-            log.info("tenant %s registered adapter %s of %s (lora id %d)", tenant.id, entry.name, request.model,
-                     entry.lora_id)
-            return admin_pb.RegisterAdapterResponse(adapter=registered_to_pb(request.model, entry))
-        except Exception as exc:
-            await abort_with(context, exc, request_id)
+        tenant = self._admin()
+        entry = await asyncio.to_thread(self._adapters.register, request.model, request.name, request.source,
+                                        replace=request.replace)
+        log.info("tenant %s registered adapter %s of %s (lora id %d)", tenant.id, entry.name, request.model,
+                 entry.lora_id)
+        return admin_pb.RegisterAdapterResponse(adapter=registered_to_pb(request.model, entry))
 
     async def UnregisterAdapter(self, request: admin_pb.UnregisterAdapterRequest,
                                 context) -> admin_pb.UnregisterAdapterResponse:
-        request_id = uuid.uuid4().hex
-        try:
-            tenant = self._admin(context)
-            entry = await asyncio.to_thread(self._adapters.unregister, request.model, request.name)
-            log.info("tenant %s unregistered adapter %s of %s", tenant.id, entry.name, request.model)
-            return admin_pb.UnregisterAdapterResponse(adapter=registered_to_pb(request.model, entry))
-        except Exception as exc:
-            await abort_with(context, exc, request_id)
+        tenant = self._admin()
+        entry = await asyncio.to_thread(self._adapters.unregister, request.model, request.name)
+        log.info("tenant %s unregistered adapter %s of %s", tenant.id, entry.name, request.model)
+        return admin_pb.UnregisterAdapterResponse(adapter=registered_to_pb(request.model, entry))
 
 
 def registered_to_pb(model: str, entry: RegisteredAdapter) -> admin_pb.RegisteredAdapter:

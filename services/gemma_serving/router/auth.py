@@ -1,8 +1,13 @@
 """Authentication: API keys (stored as salted SHA-256 hashes), mTLS client-certificate subjects, or disabled.
 
 Keys look like `gsk_<key id>_<secret>`; the key id selects the stored hash, and the comparison is constant-time. An
-unknown key id costs the same hash as a known one, so timing does not reveal which ids exist. Failed attempts are
-limited per client address.
+unknown key id costs the same hash as a known one, so timing does not reveal which ids exist.
+
+Failed attempts are limited per client address, but only failures are refused: a presented key is checked first, and
+a valid key is always accepted, whatever others behind the same address (a load balancer, a NAT) got wrong. Guessing is
+not what the limit stops (a secret has 256 random bits); it answers a client that keeps failing with
+RESOURCE_EXHAUSTED and retry info instead of evaluating its keys forever. Memory is bounded: one fixed-window counter
+per address for at most `failed_auth_tracked_clients` addresses, the longest quiet dropped first.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +67,8 @@ class Authenticator:
         self.enabled = settings.auth == "api_key"
         # Certificate subjects are trusted only when the TLS layer verified them (require_client_cert).
         self._verified_certs = settings.tls is not None and settings.tls.require_client_cert
-        self._clock = clock
-        self._limit = settings.failed_auth_per_minute
-        self._failures: dict[str, deque] = defaultdict(deque)
+        self._failures = FailedAuthLimiter(settings.failed_auth_per_minute, settings.failed_auth_tracked_clients,
+                                           clock=clock)
         tenants = load_tenants(settings) if self.enabled else []
         self._by_key_id: dict[str, tuple[bytes, bytes, TenantConfig]] = {}
         self._by_subject: dict[str, TenantConfig] = {}
@@ -83,16 +87,16 @@ class Authenticator:
             return DEFAULT_TENANT
         if self._verified_certs and credentials.client_cert_subject in self._by_subject:
             return self._by_subject[credentials.client_cert_subject]
-        self._check_failures(credentials.peer)
         header = credentials.authorization or ""
-        if not header:
-            raise Unauthenticated("missing credentials: send metadata 'authorization: Bearer <api key>'")
         scheme, _, key = header.partition(" ")
-        tenant = self._match(key.strip()) if scheme.lower() == "bearer" else None
-        if tenant is None:
-            self._failures[credentials.peer].append(self._clock())
-            raise Unauthenticated("invalid API key")
-        return tenant
+        tenant = self._match(key.strip()) if header and scheme.lower() == "bearer" else None
+        if tenant is not None:
+            return tenant
+        self._failures.refuse_if_over(credentials.peer)
+        if not header:  # a client that sends no key is misconfigured, not guessing: not counted
+            raise Unauthenticated("missing credentials: send metadata 'authorization: Bearer <api key>'")
+        self._failures.record(credentials.peer)
+        raise Unauthenticated("invalid API key")
 
     def _match(self, key: str) -> TenantConfig | None:
         parts = key.split("_", 2)
@@ -101,14 +105,39 @@ class Authenticator:
         presented = hashlib.sha256(salt + secret.encode()).digest()
         return tenant if hmac.compare_digest(presented, digest) and tenant is not None else None
 
-    def _check_failures(self, peer: str) -> None:
-        window = self._failures[peer]
+
+class FailedAuthLimiter:
+    """Failed authentications per client address in fixed one-minute windows, for at most `max_clients` addresses
+    (least recently failing dropped first), so memory stays bounded whatever the number of distinct peers."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, limit: int, max_clients: int, *, clock=time.monotonic) -> None:
+        self.limit = limit
+        self.max_clients = max_clients
+        self._clock = clock
+        self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()  # peer -> (window start, failures)
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def refuse_if_over(self, peer: str) -> None:
+        """RateLimited if `peer` already failed `limit` times in its current window."""
+        start, failures = self._windows.get(peer, (0.0, 0))
+        elapsed = self._clock() - start
+        if failures >= self.limit and elapsed < self.WINDOW_S:
+            raise RateLimited(f"too many failed authentications from this client: failed_auth_per_minute is "
+                              f"{self.limit}", retry_after_s=max(self.WINDOW_S - elapsed, 1.0))
+
+    def record(self, peer: str) -> None:
+        """Count one failure of `peer`."""
         now = self._clock()
-        while window and now - window[0] > 60:
-            window.popleft()
-        if len(window) >= self._limit:
-            raise RateLimited(f"too many failed authentications from this client; limit {self._limit} per minute",
-                              retry_after_s=max(60 - (now - window[0]), 1.0))
+        start, failures = self._windows.pop(peer, (now, 0))
+        if now - start >= self.WINDOW_S:
+            start, failures = now, 0
+        self._windows[peer] = (start, failures + 1)
+        while len(self._windows) > self.max_clients:
+            self._windows.popitem(last=False)
 
 
 def authorize_model(tenant: TenantConfig, model: str) -> None:

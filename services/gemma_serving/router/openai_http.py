@@ -8,61 +8,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
-import uuid
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 from gemma_serving.config import ServingConfig
 from gemma_serving.engines.types import AudioPart, AudioTask, Chunk, GenerationRequest, Message, Sampling, TextPart
-from gemma_serving.errors import GemmaServingError, InvalidRequest
+from gemma_serving.errors import InvalidRequest
 from gemma_serving.router import openai_convert as oc
 from gemma_serving.router import openai_responses as responses
-from gemma_serving.router.auth import Credentials
 from gemma_serving.router.choices import choice_requests, collect_choices, merged
 from gemma_serving.router.health import ServiceHealth
+from gemma_serving.router.http_cancel import until_disconnect
+from gemma_serving.router.http_errors import OpenAIRequestMiddleware, credentials, error_body
+from gemma_serving.router.http_limits import BodyLimitMiddleware, parse_json_object
 from gemma_serving.router.pipeline import InferencePipeline, collect
 from gemma_serving.router.timing import with_timing
 
-log = logging.getLogger(__name__)
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 429: "rate_limit_error"}
-
-
-def error_body(exc: BaseException, request_id: str) -> tuple[int, dict]:
-    """HTTP status and OpenAI-style error body for `exc` (unexpected errors: 500 with only the request id)."""
-    if isinstance(exc, GemmaServingError) and exc.grpc_code != "INTERNAL":
-        status, message, field = exc.http_status, exc.message, exc.field
-    else:
-        log.error("request %s failed unexpectedly", request_id, exc_info=exc)
-        status, message, field = 500, f"internal error; request id {request_id}", None
-    kind = _ERROR_TYPES.get(status, "server_error")
-    return status, {"error": {"message": message, "type": kind, "param": field, "code": exc.__class__.__name__
-                              if status != 500 else "internal_error"}}
-
-
-def _error_response(exc: BaseException, request_id: str) -> JSONResponse:
-    status, body = error_body(exc, request_id)
-    headers = {"x-request-id": request_id}
-    if isinstance(exc, GemmaServingError) and exc.retry_after_s is not None:
-        headers["retry-after"] = str(max(1, round(exc.retry_after_s)))
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-async def _json(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
+async def _json(request: Request, max_depth: int) -> dict:
+    return parse_json_object(await request.body(), max_depth)
 
 
 class OpenAISurface:
@@ -75,7 +45,9 @@ class OpenAISurface:
         self._health = health
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
+        requests = Middleware(OpenAIRequestMiddleware, authenticate=self._authenticate)
+        body_limit = Middleware(BodyLimitMiddleware, max_body_bytes=self._config.limits.max_http_body_bytes)
+        return Starlette(middleware=[requests, body_limit], routes=[
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
@@ -84,6 +56,9 @@ class OpenAISurface:
             Route("/v1/usage", self.usage, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
         ])
+
+    def _authenticate(self, caller):
+        return self._pipeline.authenticate(caller)
 
     async def health(self, http: Request) -> JSONResponse:
         """200 while the router serves (the gRPC health's overall verdict; status "degraded" when a service's probe
@@ -99,30 +74,25 @@ class OpenAISurface:
 
     async def usage(self, http: Request) -> JSONResponse:
         """The calling tenant's usage and remaining quota (same figures as the GetUsage RPC)."""
-        request_id = uuid.uuid4().hex
-        try:
-            tenant = self._pipeline.tenancy.authenticate(_credentials(http))
-            u = self._pipeline.tenancy.quotas.usage(tenant)
-            windows = [{"window": w.window, "window_seconds": int(w.seconds), "requests": w.requests,
-                        "tokens": w.tokens, "requests_limit": w.requests_limit, "tokens_limit": w.tokens_limit,
-                        "reset_in_ms": int(w.reset_in_s * 1000)} for w in u.windows]
-            # The top-level figures are the minute window's (as before the hour and day windows existed).
-            minute = {k: v for k, v in windows[0].items() if k != "window"}
-            return JSONResponse({"tenant": u.tenant, **minute, "concurrent_streams": u.concurrent,
-                                 "concurrent_streams_limit": u.concurrent_limit, "windows": windows})
-        except Exception as exc:
-            return _error_response(exc, request_id)
+        u = self._pipeline.tenancy.quotas.usage(http.state.tenant)
+        windows = [{"window": w.window, "window_seconds": int(w.seconds), "requests": w.requests,
+                    "tokens": w.tokens, "requests_limit": w.requests_limit, "tokens_limit": w.tokens_limit,
+                    "reset_in_ms": int(w.reset_in_s * 1000)} for w in u.windows]
+        # The top-level figures are the minute window's (as before the hour and day windows existed).
+        minute = {k: v for k, v in windows[0].items() if k != "window"}
+        return JSONResponse({"tenant": u.tenant, **minute, "concurrent_streams": u.concurrent,
+                             "concurrent_streams_limit": u.concurrent_limit, "windows": windows})
 
     def _stream(self, domain: GenerationRequest, http: Request, request_id: str) -> AsyncIterator[Chunk]:
         received = time.monotonic()
         carrier = {k: v for k, v in http.headers.items() if k in ("traceparent", "tracestate")}
         stream = self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier,
-                                       credentials=_credentials(http))
+                                       credentials=credentials(http), tenant=http.state.tenant)
         named_tool = domain.tool_choice.mode == "function"
         return with_timing(oc.openai_finish(stream, named_tool=named_tool), received=received)
 
     async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
-        return await collect(self._stream(domain, http, request_id))
+        return await until_disconnect(http, collect(self._stream(domain, http, request_id)))
 
     async def models(self, http: Request) -> JSONResponse:
         """OpenAI's model list, with vLLM's `max_model_len` and our `default_sampling` (set parameters only)."""
@@ -141,46 +111,36 @@ class OpenAISurface:
         return [self._stream(r, http, f"{request_id}-{i}") for i, r in enumerate(requests)]
 
     async def chat(self, http: Request):
-        request_id = uuid.uuid4().hex
-        try:
-            domain, body = oc.chat_request(await _json(http))
-            streams = self._choice_streams(domain, http, request_id)
-            headers = {"x-request-id": request_id}
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            if body.stream and len(streams) == 1:
-                first = await _first_or_error(streams[0])  # errors before the first token become an HTTP error
-                return StreamingResponse(_sse(streams[0], first, request_id, domain.model, include_usage),
-                                         media_type="text/event-stream", headers=headers)
-            if body.stream:
-                pairs = merged(streams)
-                first = await _first_or_error(pairs)
-                events = responses.chat_choice_events(pairs, first, request_id, domain.model, include_usage)
-                return StreamingResponse(_sse_text(events, pairs, request_id), media_type="text/event-stream",
-                                         headers=headers)
-            choices = await collect_choices(streams)
-            return JSONResponse(responses.chat_completion(request_id, domain.model, choices), headers=headers)
-        except Exception as exc:
-            return _error_response(exc, request_id)
+        request_id = http.state.request_id
+        domain, body = oc.chat_request(await _json(http, self._config.limits.max_json_depth))
+        streams = self._choice_streams(domain, http, request_id)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if body.stream and len(streams) == 1:
+            first = await _first_or_error(streams[0])  # errors before the first token become an HTTP error
+            return StreamingResponse(_sse(streams[0], first, request_id, domain.model, include_usage),
+                                     media_type="text/event-stream")
+        if body.stream:
+            pairs = merged(streams)
+            first = await _first_or_error(pairs)
+            events = responses.chat_choice_events(pairs, first, request_id, domain.model, include_usage)
+            return StreamingResponse(_sse_text(events, pairs, request_id), media_type="text/event-stream")
+        choices = await until_disconnect(http, collect_choices(streams))
+        return JSONResponse(responses.chat_completion(request_id, domain.model, choices))
 
     async def completions(self, http: Request):
         """OpenAI's legacy completions: the raw prompt (no chat template), optionally echoed, streamed or not."""
-        request_id = uuid.uuid4().hex
-        try:
-            domain, body = oc.completion_request(await _json(http))
-            echo = domain.messages[0].parts[0].text if body.echo else ""
-            streams = self._choice_streams(domain, http, request_id)
-            headers = {"x-request-id": request_id}
-            if body.stream:
-                include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                pairs = merged(streams) if len(streams) > 1 else _indexed(streams[0])
-                first = await _first_or_error(pairs)
-                events = responses.completion_events(pairs, first, request_id, domain.model, include_usage, echo)
-                return StreamingResponse(_sse_text(events, pairs, request_id), media_type="text/event-stream",
-                                         headers=headers)
-            choices = await collect_choices(streams)
-            return JSONResponse(responses.text_completion(request_id, domain.model, choices, echo), headers=headers)
-        except Exception as exc:
-            return _error_response(exc, request_id)
+        request_id = http.state.request_id
+        domain, body = oc.completion_request(await _json(http, self._config.limits.max_json_depth))
+        echo = domain.messages[0].parts[0].text if body.echo else ""
+        streams = self._choice_streams(domain, http, request_id)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            pairs = merged(streams) if len(streams) > 1 else _indexed(streams[0])
+            first = await _first_or_error(pairs)
+            events = responses.completion_events(pairs, first, request_id, domain.model, include_usage, echo)
+            return StreamingResponse(_sse_text(events, pairs, request_id), media_type="text/event-stream")
+        choices = await until_disconnect(http, collect_choices(streams))
+        return JSONResponse(responses.text_completion(request_id, domain.model, choices, echo))
 
     async def transcriptions(self, http: Request):
         return await self._audio(http, translate=False)
@@ -189,35 +149,36 @@ class OpenAISurface:
         return await self._audio(http, translate=True)
 
     async def _audio(self, http: Request, *, translate: bool):
-        request_id = uuid.uuid4().hex
         try:
-            try:
-                form = await http.form(max_files=1, max_fields=16)
-            except Exception:
-                raise InvalidRequest("send multipart/form-data with a `file` and a `model`") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise InvalidRequest("file is required: the audio to transcribe", field="file")
-            data = await upload.read(self._config.limits.max_audio_bytes + 1)
-            parts = [AudioPart(data, upload.content_type or "")]
-            if form.get("prompt"):
-                parts.append(TextPart(str(form["prompt"])))
-            task = AudioTask("translate", "English") if translate else AudioTask("transcribe")
-            sampling = Sampling(temperature=float(form["temperature"]) if form.get("temperature") else None)
-            domain = GenerationRequest(str(form.get("model", "")), (Message("user", tuple(parts)),), sampling,
-                                       audio_task=task)
-            text, _ = await self._complete(domain, http, request_id)
-            if form.get("response_format") == "text":
-                return PlainTextResponse(text, headers={"x-request-id": request_id})
-            return JSONResponse({"text": text}, headers={"x-request-id": request_id})
-        except ValueError as exc:
-            return _error_response(InvalidRequest(f"invalid form field: {exc}"), request_id)
-        except Exception as exc:
-            return _error_response(exc, request_id)
+            form = await http.form(max_files=1, max_fields=16)
+        except Exception:
+            raise InvalidRequest("send multipart/form-data with a `file` and a `model`") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise InvalidRequest("file is required: the audio to transcribe", field="file")
+        data = await upload.read(self._config.limits.max_audio_bytes + 1)
+        parts = [AudioPart(data, upload.content_type or "")]
+        if form.get("prompt"):
+            parts.append(TextPart(str(form["prompt"])))
+        task = AudioTask("translate", "English") if translate else AudioTask("transcribe")
+        sampling = Sampling(temperature=_form_float(form, "temperature"))
+        domain = GenerationRequest(str(form.get("model", "")), (Message("user", tuple(parts)),), sampling,
+                                   audio_task=task)
+        text, _ = await self._complete(domain, http, http.state.request_id)
+        if form.get("response_format") == "text":
+            return PlainTextResponse(text)
+        return JSONResponse({"text": text})
 
 
-def _credentials(http: Request) -> Credentials:
-    return Credentials(http.headers.get("authorization"), None, http.client.host if http.client else "unknown")
+def _form_float(form, name: str) -> float | None:
+    """A number field of a multipart form (None when absent); InvalidRequest naming the field otherwise."""
+    value = form.get(name)
+    if not value:
+        return None
+    try:
+        return float(str(value))
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number, got {str(value)[:32]!r}", field=name) from None
 
 
 async def _first_or_error(stream: AsyncIterator[Chunk]) -> Chunk | None:
@@ -282,8 +243,9 @@ async def _sse_text(events: AsyncIterator[dict | str], stream: AsyncIterator, re
     yield "data: [DONE]\n\n"
 
 
-async def start_http_server(app: Starlette, host: str, port: int):
-    """Run uvicorn on the current event loop; returns (server, bound port)."""
+async def start_http_server(app: Starlette, host: str, port: int, options: dict | None = None):
+    """Run uvicorn on the current event loop; returns (server, bound port). `options` are further uvicorn.Config
+    settings (TLS: `router.http_tls.http_tls_options`)."""
     import socket
 
     import uvicorn
@@ -300,7 +262,8 @@ async def start_http_server(app: Starlette, host: str, port: int):
     except OSError as exc:
         sock.close()
         raise RuntimeError(f"router.http_port: cannot listen on {host}:{port}: {exc.strerror}") from None
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                           **(options or {})))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -63,6 +63,15 @@ class InferencePipeline:
         self._models = {s.model.name for s in config.services.values()}
         self._log = configure_request_logging()
 
+    def authenticate(self, credentials: Credentials) -> TenantConfig:
+        """The caller's tenant (for the gRPC interceptor and the HTTP middleware); a refused caller is counted in
+        gemma_serving_requests_total like any finished request (service none, tenant unknown)."""
+        try:
+            return self.tenancy.authenticate(credentials)
+        except GemmaServingError as exc:
+            self._metrics.requests.labels("none", "unknown", "unknown", exc.grpc_code).inc()
+            raise
+
     async def stream(
         self,
         request: GenerationRequest,
@@ -71,18 +80,19 @@ class InferencePipeline:
         time_remaining: float | None,
         carrier: Mapping[str, str],
         credentials: Credentials = Credentials(),
+        tenant: TenantConfig | None = None,
     ) -> AsyncIterator[Chunk]:
-        """Stream chunks for `request`; raises GemmaServingError subclasses for every expected failure."""
+        """Stream chunks for `request`; raises GemmaServingError subclasses for every expected failure. `tenant`:
+        the caller, when the surface authenticated it already (the gRPC interceptor, the HTTP middleware)."""
         p = _Progress(received=time.monotonic(), model=request.model if request.model in self._models else "unknown")
         span = self._tracer.start_span(
             attr.SPAN_ROUTER, context=extract(carrier), kind=SpanKind.SERVER,
             attributes={attr.OPERATION: attr.OPERATION_CHAT, attr.PROVIDER: attr.PROVIDER_NAME,
                         attr.REQUEST_MODEL: p.model, attr.RESPONSE_ID: request_id},
         )
-        tenant: TenantConfig | None = None
         admitted = False
         try:
-            tenant = self.tenancy.authenticate(credentials)
+            tenant = tenant or self.tenancy.authenticate(credentials)
             p.tenant = tenant.id
             span.set_attribute(attr.TENANT, tenant.id)
             kind, request = validate_request(request, self._config, self.adapters)

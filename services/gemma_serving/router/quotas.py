@@ -1,10 +1,11 @@
 """Per-tenant quotas (requests and tokens per minute, hour and day; concurrent streams) and fair admission under
 saturation.
 
-Quotas are enforced per router replica with each replica holding an equal share (limit / router.num_replicas):
-requests are spread evenly over replicas by the load balancer, so the sum is the configured limit without a shared
-store on the token path. Tokens are charged as they stream; a tenant over its token budget is refused new requests
-until the window frees up (a running stream is not cut).
+Each router replica admits against the tenant's whole limit in every window, counting its own usage plus what the
+other router replicas last reported (`router/quota_sync.py`, every `router.quota_sync_s`, off the token path): a
+tenant on one HTTP/2 channel (one replica) gets its whole quota, and one spread over many replicas gets no more than
+its quota plus what the other replicas admitted since their last report. Tokens are charged as they stream; a tenant
+over its token budget is refused new requests until the window frees up (a running stream is not cut).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from gemma_serving.errors import Overloaded, RateLimited
 from gemma_serving.security_config import TenantConfig
+
 
 @dataclass(frozen=True)
 class QuotaWindow:
@@ -37,7 +39,7 @@ WINDOW_S = WINDOWS[0].seconds  # the window GetUsage's top-level fields report, 
 
 @dataclass(frozen=True)
 class WindowUsage:
-    """A tenant's use of one window (limits are this router replica's share; None: unlimited)."""
+    """A tenant's use of one window, over all router replicas (None: unlimited)."""
 
     window: str
     seconds: float
@@ -100,33 +102,75 @@ class _TenantWindows:
             self.windows[(kind, w.name)].add(now, amount)
 
 
+@dataclass(frozen=True)
+class TenantCounts:
+    """One replica's (or the others' summed) usage of a tenant: requests and tokens in each window (WINDOWS order),
+    streams open."""
+
+    requests: tuple[int, ...] = (0,) * len(WINDOWS)
+    tokens: tuple[int, ...] = (0,) * len(WINDOWS)
+    concurrent: int = 0
+
+    def __add__(self, other: TenantCounts) -> TenantCounts:
+        return TenantCounts(tuple(map(sum, zip(self.requests, other.requests))),
+                            tuple(map(sum, zip(self.tokens, other.tokens))), self.concurrent + other.concurrent)
+
+    def of(self, kind: str, index: int) -> int:
+        return (self.requests if kind == "requests" else self.tokens)[index]
+
+
+NOTHING = TenantCounts()
+
+
 class TenantQuotas:
-    """Admission against each tenant's share of its quotas; `share` = 1 / number of router replicas."""
+    """Admission against each tenant's quotas, counting this replica's usage plus the other router replicas' last
+    reported usage (`set_others`); `share` scales the limits (1.0: the whole limit)."""
 
     def __init__(self, *, share: float = 1.0, clock=time.monotonic) -> None:
         self._share = share
         self._clock = clock
         self._tenants: dict[str, _TenantWindows] = defaultdict(_TenantWindows)
         self._concurrent: dict[str, int] = defaultdict(int)
+        self._others: dict[str, TenantCounts] = {}
+
+    def local_counts(self) -> dict[str, TenantCounts]:
+        """This replica's usage per tenant (what it reports to the other replicas)."""
+        now = self._clock()
+        counts = {}
+        for tenant in set(self._tenants) | set(self._concurrent):
+            held = self._tenants[tenant]
+            held.prune(now)
+            counts[tenant] = TenantCounts(
+                tuple(held.windows[("requests", w.name)].total for w in WINDOWS),
+                tuple(held.windows[("tokens", w.name)].total for w in WINDOWS), self._concurrent[tenant])
+        return counts
+
+    def set_others(self, others: dict[str, TenantCounts]) -> None:
+        """The other router replicas' summed usage per tenant, as last reported."""
+        self._others = others
+
+    def _scaled(self, value: int | None) -> int | None:
+        return None if value is None else max(1, math.floor(value * self._share))
 
     def _limit(self, tenant: TenantConfig, kind: str, window: QuotaWindow) -> int | None:
-        value = getattr(tenant, window.field(kind))
-        return None if value is None else max(1, math.floor(value * self._share))
+        return self._scaled(getattr(tenant, window.field(kind)))
 
     def admit(self, tenant: TenantConfig) -> None:
         """Count a new request or raise RateLimited saying which limit was hit and when to retry."""
         now = self._clock()
         held = self._tenants[tenant.id]
         held.prune(now)
+        others = self._others.get(tenant.id, NOTHING)
         for kind in KINDS:
-            for w in WINDOWS:
+            for i, w in enumerate(WINDOWS):
                 limit, window = self._limit(tenant, kind, w), held.windows[(kind, w.name)]
-                if limit is not None and window.total >= limit:
-                    retry = max(window.reset_in(now), 0.1)
-                    raise RateLimited(f"tenant {tenant.id} exceeded {w.field(kind)} ({limit} per router replica); "
+                elsewhere = others.of(kind, i)
+                if limit is not None and window.total + elsewhere >= limit:
+                    retry = max(window.reset_in(now), 1.0 if elsewhere else 0.1)
+                    raise RateLimited(f"tenant {tenant.id} exceeded {w.field(kind)} ({limit}); "
                                       f"retry in {math.ceil(retry)} s", retry_after_s=retry)
-        streams = tenant.max_concurrent_streams
-        if streams is not None and self._concurrent[tenant.id] >= streams:
+        streams = self._scaled(tenant.max_concurrent_streams)
+        if streams is not None and self._concurrent[tenant.id] + others.concurrent >= streams:
             raise RateLimited(f"tenant {tenant.id} reached max_concurrent_streams ({streams})", retry_after_s=1.0)
         held.add("requests", now, 1)
         self._concurrent[tenant.id] += 1
@@ -142,17 +186,23 @@ class TenantQuotas:
         now = self._clock()
         held = self._tenants[tenant.id]
         held.prune(now)
+        others = self._others.get(tenant.id, NOTHING)
         windows = []
-        for w in WINDOWS:
+        for i, w in enumerate(WINDOWS):
             requests, tokens = held.windows[("requests", w.name)], held.windows[("tokens", w.name)]
-            windows.append(WindowUsage(w.name, w.seconds, requests.total, tokens.total,
+            windows.append(WindowUsage(w.name, w.seconds, requests.total + others.requests[i],
+                                       tokens.total + others.tokens[i],
                                        self._limit(tenant, "requests", w), self._limit(tenant, "tokens", w),
                                        max(requests.reset_in(now), tokens.reset_in(now))))
-        return UsageSnapshot(tenant.id, self._concurrent[tenant.id], tenant.max_concurrent_streams, tuple(windows))
+        return UsageSnapshot(tenant.id, self._concurrent[tenant.id] + others.concurrent,
+                             self._scaled(tenant.max_concurrent_streams), tuple(windows))
 
 
 class FairShare:
-    """Once a service is more than half full, no tenant may hold more than an equal share of its capacity."""
+    """Once a service is more than half full, no tenant may hold more than an equal share of its capacity.
+
+    `capacity` is this router replica's part of each service: the replicas' ongoing slots divided among the router
+    replicas, plus the router's own queue (Serve's max_queued_requests is per caller)."""
 
     def __init__(self, capacity: dict[str, int]) -> None:
         self._capacity = capacity

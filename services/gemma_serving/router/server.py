@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -26,9 +27,12 @@ from gemma_serving.deltas.subscriber import DeltaSubscriber
 from gemma_serving.router.admin import AdminServicer
 from gemma_serving.router.backends import Backend, ServeHandleBackend
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
+from gemma_serving.router.http_tls import http_tls_options
+from gemma_serving.router.interceptors import InferenceInterceptor
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 from gemma_serving.router.pipeline import InferencePipeline
 from gemma_serving.router.quality import with_quality_sampling
+from gemma_serving.router.quota_sync import ray_publisher, sync_quotas
 from gemma_serving.router.servicer import InferenceServicer
 from gemma_serving.router.tls import server_credentials
 from gemma_serving.telemetry.metrics import RouterMetrics
@@ -73,6 +77,7 @@ async def start_grpc_server(
     pipeline = InferencePipeline(config, with_quality_sampling(config, backend, metrics), tracer=tracer,
                                  metrics=metrics)
     server = grpc.aio.server(
+        interceptors=[InferenceInterceptor(pipeline.authenticate)],
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -101,6 +106,14 @@ async def start_grpc_server(
     await server.start()
     probing = asyncio.create_task(service_health.run())
     return RouterServer(server, port, service_health, probing, metrics, pipeline)
+
+
+async def start_openai_server(config: ServingConfig, router: RouterServer):
+    """The OpenAI-compatible HTTP surface over the router's pipeline on `router.http_port`, with the gRPC port's TLS
+    / mTLS settings (unless `router.http_plaintext_beside_tls`); returns (uvicorn server, bound port)."""
+    app = OpenAISurface(config, router.pipeline, router.health).app()
+    tls_options = http_tls_options(config.security.tls, plaintext_beside_tls=config.router.http_plaintext_beside_tls)
+    return await start_http_server(app, config.router.host, config.router.http_port, tls_options)
 
 
 class RouterDeployment:
@@ -132,12 +145,14 @@ class RouterDeployment:
             metrics=metrics,
         )
         self._replica_counts = asyncio.create_task(_track_replicas(self._config, metrics, self._router.health))
+        self._quota_sync = None
+        if self._config.router.num_replicas > 1:
+            self._quota_sync = asyncio.create_task(sync_quotas(
+                self._router.pipeline.tenancy.quotas, uuid.uuid4().hex, ray_publisher(self._config.app_name),
+                self._config.router.quota_sync_s))
         self._http, self._http_port = None, None
         if self._config.router.http_port is not None:
-            app = OpenAISurface(self._config, self._router.pipeline, self._router.health).app()
-            self._http, self._http_port = await start_http_server(
-                app, self._config.router.host, self._config.router.http_port
-            )
+            self._http, self._http_port = await start_openai_server(self._config, self._router)
         log.info("gRPC router on %s:%d, metrics on :%d", self._config.router.host, self._router.port,
                  self._metrics_port)
 
@@ -160,6 +175,8 @@ class RouterDeployment:
         router = getattr(self, "_router", None)
         if router is not None:
             self._replica_counts.cancel()
+            if self._quota_sync is not None:
+                self._quota_sync.cancel()
             if self._http is not None:
                 self._http.should_exit = True  # uvicorn stops accepting, then lets open requests finish
             await router.drain_and_stop(self._config.router.grace_period_s, self._config.router.drain_notice_s)
@@ -183,5 +200,5 @@ async def _track_replicas(config: ServingConfig, metrics: RouterMetrics, service
                 metrics.replicas.labels(kind.value).set(running)
                 await service_health.observe_replicas(kind, running)
         except Exception as exc:  # metrics must never take the router down
-            log.warning("could not read replica counts: %s", type(exc).__name__)
+            log.warning("could not read replica counts: %s: %s", type(exc).__name__, exc)
         await asyncio.sleep(interval_s)

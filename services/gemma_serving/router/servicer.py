@@ -1,5 +1,5 @@
-"""The gRPC Inference servicer: wire format in and out of the InferencePipeline; every failure becomes one clear
-status."""
+"""The gRPC Inference servicer: wire format in and out of the InferencePipeline (failures become statuses in the
+interceptor, router/interceptors.py)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from gemma_serving.api.convert import (
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk
 from gemma_serving.errors import InvalidRequest
-from gemma_serving.router.auth import Credentials
 from gemma_serving.router.choices import choice_requests, collect_choices, combined_timing, combined_usage, merged
 from gemma_serving.router.health import ServiceHealth, ServiceState
+from gemma_serving.router.interceptors import credentials_of, current_request_id, current_tenant
 from gemma_serving.router.pipeline import InferencePipeline, collect
 from gemma_serving.router.quotas import UsageSnapshot, WindowUsage
-from gemma_serving.router.status import abort_with, status_for
+from gemma_serving.router.status import status_for
 from gemma_serving.router.timing import with_timing
 
 MODEL_STATUS_TO_PB = {
@@ -39,7 +39,8 @@ MODEL_STATUS_TO_PB = {
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    """Implements gemma.serving.v1.Inference over a Backend."""
+    """Implements gemma.serving.v1.Inference over the pipeline. Request ids, authentication, error statuses and the
+    RPC log come from `router/interceptors.py`: a method only converts the wire format."""
 
     def __init__(self, config: ServingConfig, pipeline: InferencePipeline, health: ServiceHealth) -> None:
         self._config = config
@@ -52,22 +53,18 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         requests = choice_requests(request_from_pb(request))
         ids = [request_id] if len(requests) == 1 else [f"{request_id}-{i}" for i in range(len(requests))]
+        credentials, tenant = credentials_of(context), current_tenant()
         return [with_timing(self._pipeline.stream(
             domain,
             request_id=choice_id,
             time_remaining=context.time_remaining(),
             carrier=metadata,
-            credentials=credentials_of(context, metadata),
+            credentials=credentials,
+            tenant=tenant,
         ), received=received) for domain, choice_id in zip(requests, ids)]
 
     async def GetUsage(self, request: pb.GetUsageRequest, context) -> pb.GetUsageResponse:
-        request_id = _new_request_id()
-        try:
-            metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-            tenant = self._pipeline.tenancy.authenticate(credentials_of(context, metadata))
-            return usage_to_pb(self._pipeline.tenancy.quotas.usage(tenant))
-        except Exception as exc:
-            await abort_with(context, exc, request_id)
+        return usage_to_pb(self._pipeline.tenancy.quotas.usage(current_tenant()))
 
     async def _complete(self, request: pb.GenerateRequest, context, request_id: str) -> pb.GenerateResponse:
         streams = self._choices(request, context, request_id)
@@ -80,36 +77,29 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                                       combined_timing(lasts))
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
-        request_id = _new_request_id()
-        try:
-            return await self._complete(request, context, request_id)
-        except Exception as exc:
-            await abort_with(context, exc, request_id)
+        return await self._complete(request, context, current_request_id())
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateChunk]:
-        request_id = _new_request_id()
+        request_id = current_request_id()
+        streams = self._choices(request, context, request_id)
+        if len(streams) == 1:
+            async for chunk in streams[0]:
+                yield chunk_to_pb(chunk, request_id)
+            return
+        pairs = merged(streams)
         try:
-            streams = self._choices(request, context, request_id)
-            if len(streams) == 1:
-                async for chunk in streams[0]:
-                    yield chunk_to_pb(chunk, request_id)
-                return
-            pairs = merged(streams)
-            try:
-                async for index, chunk in pairs:
-                    out = chunk_to_pb(chunk, request_id)
-                    out.index = index
-                    yield out
-            finally:
-                await pairs.aclose()  # a client that goes away aborts every choice's engine request
-        except Exception as exc:
-            await abort_with(context, exc, request_id)
+            async for index, chunk in pairs:
+                out = chunk_to_pb(chunk, request_id)
+                out.index = index
+                yield out
+        finally:
+            await pairs.aclose()  # a client that goes away aborts every choice's engine request
 
     async def _batch_item(self, index: int, request: pb.GenerateRequest, context) -> pb.BatchItemResult:
-        request_id = _new_request_id()
+        request_id = uuid.uuid4().hex  # each item is a request of its own
         try:
             return pb.BatchItemResult(index=index, response=await self._complete(request, context, request_id))
-        except Exception as exc:
+        except Exception as exc:  # an item fails alone: its status goes in its result, the batch goes on
             status = status_for(exc, request_id)
             error = pb.ItemError(code=status.code.value[0], message=status.details)
             return pb.BatchItemResult(index=index, error=error)
@@ -121,29 +111,21 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return [asyncio.ensure_future(self._batch_item(i, r, context)) for i, r in enumerate(batch.requests)]
 
     async def GenerateBatch(self, batch: pb.GenerateBatchRequest, context) -> pb.GenerateBatchResponse:
-        request_id = _new_request_id()
+        tasks = self._batch_tasks(batch, context)
         try:
-            tasks = self._batch_tasks(batch, context)
-            try:
-                return pb.GenerateBatchResponse(results=await asyncio.gather(*tasks))
-            finally:
-                for task in tasks:
-                    task.cancel()
-        except Exception as exc:
-            await abort_with(context, exc, request_id)
+            return pb.GenerateBatchResponse(results=await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def GenerateBatchStream(self, batch: pb.GenerateBatchRequest, context) -> AsyncIterator[pb.BatchItemResult]:
-        request_id = _new_request_id()
+        tasks = self._batch_tasks(batch, context)
         try:
-            tasks = self._batch_tasks(batch, context)
-            try:
-                for done in asyncio.as_completed(tasks):
-                    yield await done
-            finally:
-                for task in tasks:
-                    task.cancel()
-        except Exception as exc:
-            await abort_with(context, exc, request_id)
+            for done in asyncio.as_completed(tasks):
+                yield await done
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         models = [
@@ -162,15 +144,6 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             for kind, s in self._config.services.items()
         ]
         return pb.ListModelsResponse(models=models)
-
-
-def credentials_of(context, metadata: dict[str, str]) -> Credentials:
-    """The caller's authorization metadata, verified mTLS certificate CN (if any) and address."""
-    subject = None
-    names = (context.auth_context() or {}).get("x509_common_name")
-    if names:
-        subject = names[0].decode(errors="replace")
-    return Credentials(metadata.get("authorization"), subject, (context.peer() or "unknown").rsplit(":", 1)[0])
 
 
 def _remaining(limit: int | None, used: int) -> int:
@@ -201,7 +174,3 @@ def usage_to_pb(usage: UsageSnapshot) -> pb.GetUsageResponse:
         reset_in_ms=int(minute.reset_in_s * 1000),
         windows=[_window_pb(w) for w in usage.windows],
     )
-
-
-def _new_request_id() -> str:
-    return uuid.uuid4().hex

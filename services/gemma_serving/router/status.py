@@ -55,8 +55,3 @@ class _Status(grpc.Status):
         self.details = details
         self.trailing_metadata = trailing_metadata
 
-
-async def abort_with(context, exc: BaseException, request_id: str) -> None:
-    """End the RPC on `context` with the status for `exc` (raises, as grpc's abort does)."""
-    status = status_for(exc, request_id)
-    await context.abort(status.code, status.details, status.trailing_metadata)

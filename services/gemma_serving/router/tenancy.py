@@ -16,9 +16,11 @@ class Tenancy:
     def __init__(self, config: ServingConfig) -> None:
         security = config.security
         self.authenticator = Authenticator(security)
-        self.quotas = TenantQuotas(share=1.0 / config.router.num_replicas)
+        # The whole limits: router replicas exchange their usage (router/quota_sync.py).
+        self.quotas = TenantQuotas()
+        routers = config.router.num_replicas
         capacity = {
-            kind.value: s.deployment.max_ongoing_requests * s.deployment.autoscaling.max_replicas
+            kind.value: max(1, s.deployment.max_ongoing_requests * s.deployment.autoscaling.max_replicas // routers)
             + max(s.deployment.max_queued_requests, 0)
             for kind, s in config.services.items()
         }

@@ -6,6 +6,8 @@ Each error names the field, what is allowed and what was sent (never the prompt 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 
 from gemma_serving.config import SERVICE_MODALITIES, ServiceKind, ServingConfig
 from gemma_serving.engines.sampling import resolve as resolve_sampling
@@ -77,6 +79,7 @@ def _check_messages(request: GenerationRequest, config: ServingConfig) -> None:
         if message.tool_calls and message.role != "assistant":
             raise InvalidRequest(f"{where}.tool_calls are allowed on assistant messages only",
                                  field=f"{where}.tool_calls")
+        _check_tool_calls(message.tool_calls, where)
         min_parts = 0 if message.tool_calls else 1
         if not min_parts <= len(message.parts) <= limits.max_parts_per_message:
             raise InvalidRequest(
@@ -110,6 +113,22 @@ def _check_messages(request: GenerationRequest, config: ServingConfig) -> None:
         raise InvalidRequest(
             f"a request may carry at most {limits.max_audios} audio clips, got {audios}", field="messages"
         )
+
+
+def _check_tool_calls(calls, where: str) -> None:
+    """Each echoed tool call names its function and carries a JSON object as arguments (the prompt shows them)."""
+    for k, call in enumerate(calls):
+        field = f"{where}.tool_calls[{k}]"
+        if not call.name:
+            raise InvalidRequest(f"{field}.name is empty; name the function that was called", field=f"{field}.name")
+        try:
+            arguments = json.loads(call.arguments_json)
+        except (ValueError, RecursionError):
+            raise InvalidRequest(f"{field}.arguments_json is not valid JSON ({len(call.arguments_json)} characters); "
+                                 "send the arguments object as JSON text", field=f"{field}.arguments_json") from None
+        if not isinstance(arguments, dict):
+            raise InvalidRequest(f"{field}.arguments_json must be a JSON object, got {type(arguments).__name__}",
+                                 field=f"{field}.arguments_json")
 
 
 def _check_modalities(request: GenerationRequest, kind: ServiceKind, config: ServingConfig) -> None:

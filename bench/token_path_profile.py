@@ -1,0 +1,87 @@
+"""Where the serving layer's CPU goes: py-spy samples of the router and text replica under a gRPC streaming load.
+
+    .venv/bin/python bench/token_path_profile.py --concurrency 16 --seconds 15
+
+Prints the functions with the most samples (self and inclusive) per process; raw stacks stay in /tmp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+import psutil  # noqa: E402
+from bench_common import progress  # noqa: E402
+from loadgen import GrpcTarget, SamplingSpec, make_prompts, run_closed  # noqa: E402
+from token_path import model_config, start_platform  # noqa: E402
+
+
+def replica_pid(deployment: str) -> int:
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        if f"ServeReplica:tokenpath:{deployment}" in " ".join(p.info["cmdline"] or []):
+            return p.pid
+    raise RuntimeError(f"no {deployment} replica")
+
+
+def top(path: Path, n: int = 25) -> None:
+    self_counts, incl = collections.Counter(), collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        c = int(count)
+        total += c
+        self_counts[frames[-1]] += c
+        for f in set(frames):
+            incl[f] += c
+    print(f"--- {path.name}: {total} samples; self")
+    for f, c in self_counts.most_common(n):
+        print(f"{100 * c / total:5.1f}%  {f[:150]}")
+    print("--- inclusive")
+    for f, c in incl.most_common(n + 15):
+        print(f"{100 * c / total:5.1f}%  {f[:150]}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--seconds", type=int, default=15)
+    p.add_argument("--stream-flush-ms", type=float, default=None)
+    args = p.parse_args()
+    cfg = model_config(64)
+    grpc_port, _ = start_platform(cfg, args.stream_flush_ms)
+    pids = {d: replica_pid(d) for d in ("router", "text")}
+    progress(f"platform up; pids {pids}")
+    target = GrpcTarget(f"127.0.0.1:{grpc_port}", cfg["name"])
+    sampling = SamplingSpec(max_tokens=64, ignore_eos=True)
+    spies = {d: subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                                  "--duration", str(args.seconds), "--rate", "200", "--format", "raw",
+                                  "--nonblocking", "-o", f"/tmp/pyspy_{d}.txt"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d, pid in pids.items()}
+
+    async def load():
+        await target.open()
+        end = time.monotonic() + args.seconds + 2
+        while time.monotonic() < end:
+            await run_closed(target, make_prompts(64), sampling, concurrency=args.concurrency,
+                             requests=args.concurrency * 2)
+        await target.close()
+
+    asyncio.run(load())
+    for d, spy in spies.items():
+        spy.wait(60)
+        top(Path(f"/tmp/pyspy_{d}.txt"))
+    import os
+
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

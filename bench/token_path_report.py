@@ -1,0 +1,117 @@
+"""bench/token_path.py's accounting and output: CPU per output token per process group, ratios, table and plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psutil
+
+OURS = ("grpc", "openai")
+PEER = "vllm-server"
+
+
+def label_server(groups, pid: int, name: str) -> None:
+    """Label a server process as `name` and its children (vLLM's engine core and workers) as `name/engine`."""
+    groups.label(pid, name)
+    try:
+        for child in psutil.Process(pid).children(recursive=True):
+            groups.label(child.pid, f"{name}/engine")
+    except psutil.NoSuchProcess:
+        pass
+
+
+def serving_cpu_per_token(step: dict[str, Any], serving_groups: tuple[str, ...]) -> float | None:
+    """CPU ms per output token of the serving layer (the named groups; engine core excluded)."""
+    tokens = step.get("output_tokens_total") or 0
+    if not tokens or not serving_groups:
+        return None
+    cpu = sum(v for g, v in step.get("cpu_s", {}).items() if g in serving_groups)
+    return round(cpu * 1000 / tokens, 4)
+
+
+def engine_cpu_per_token(step: dict[str, Any]) -> float | None:
+    tokens = step.get("output_tokens_total") or 0
+    cpu = sum(v for g, v in step.get("cpu_s", {}).items() if g.endswith("/engine"))
+    return round(cpu * 1000 / tokens, 4) if tokens else None
+
+
+def line(step: dict[str, Any]) -> str:
+    errs = f" errors={step['errors']}" if step.get("errors") else ""
+    return (f"{step['target']:>13} c={step['concurrency']:<3} {step['output_tokens_per_s']:8.1f} tok/s  "
+            f"ttft p50/p99 {step['ttft_ms']['p50']}/{step['ttft_ms']['p99']} ms  "
+            f"itl p50/p99 {step['itl_ms']['p50']}/{step['itl_ms']['p99']} ms  "
+            f"serving cpu {step.get('serving_cpu_ms_per_token')} ms/tok  ok {step['ok']}/{step['requests']}{errs}")
+
+
+def _by(steps: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(s["target"], s["concurrency"]): s for s in steps}
+
+
+def _ratio(x, y) -> float | None:
+    return round(x / y, 3) if x is not None and y not in (None, 0) else None
+
+
+def ratios(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per concurrency and surface: ours / vLLM's server (throughput, CPU per token), TTFT added in ms."""
+    by = _by(steps)
+    out: dict[str, dict[str, Any]] = {}
+    for (target, c), s in sorted(by.items()):
+        peer = by.get((PEER, c))
+        if target not in OURS or peer is None:
+            continue
+        out.setdefault(str(c), {})[target] = {
+            "throughput": _ratio(s["output_tokens_per_s"], peer["output_tokens_per_s"]),
+            "serving_cpu_per_token": _ratio(s["serving_cpu_ms_per_token"], peer["serving_cpu_ms_per_token"]),
+            "ttft_p50_added_ms": round(s["ttft_ms"]["p50"] - peer["ttft_ms"]["p50"], 1)
+            if s["ttft_ms"]["p50"] is not None and peer["ttft_ms"]["p50"] is not None else None,
+            "itl_p99_ratio": _ratio(s["itl_ms"]["p99"], peer["itl_ms"]["p99"]),
+            "unanswered": s["requests"] - s["ok"],
+        }
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    rows = ["| target | c | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | serving CPU ms/token | "
+            "engine core CPU ms/token | ok |", "|---|---|---|---|---|---|---|---|"]
+    for s in sorted(result["steps"], key=lambda s: (s["concurrency"], s["target"])):
+        rows.append(f"| {s['target']} | {s['concurrency']} | {s['output_tokens_per_s']:.0f} | "
+                    f"{s['ttft_ms']['p50']:.0f} / {s['ttft_ms']['p99']:.0f} | "
+                    f"{s['itl_ms']['p50']:.1f} / {s['itl_ms']['p99']:.1f} | {s.get('serving_cpu_ms_per_token')} | "
+                    f"{engine_cpu_per_token(s)} | {s['ok']}/{s['requests']} |")
+    rows.append("")
+    rows.append("| c | surface | tok/s vs vLLM | serving CPU/token vs vLLM | TTFT p50 added (ms) | ITL p99 vs vLLM |")
+    rows.append("|---|---|---|---|---|---|")
+    for c, per in result.get("ratios", {}).items():
+        for surface, r in per.items():
+            rows.append(f"| {c} | {surface} | {r['throughput']} | {r['serving_cpu_per_token']} | "
+                        f"{r['ttft_p50_added_ms']} | {r['itl_p99_ratio']} |")
+    return "\n".join(rows)
+
+
+def plot(result: dict[str, Any], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result["steps"]
+    targets = sorted({s["target"] for s in steps})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = [("output tok/s", lambda s: s["output_tokens_per_s"]),
+              ("TTFT p50 (ms)", lambda s: s["ttft_ms"]["p50"]),
+              ("serving CPU ms / output token", lambda s: s.get("serving_cpu_ms_per_token"))]
+    for ax, (title, value) in zip(axes, panels):
+        for t in targets:
+            pts = sorted((s["concurrency"], value(s)) for s in steps if s["target"] == t and value(s) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t)
+        ax.set_title(title)
+        ax.set_xlabel("concurrent streams")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    machine = result.get("machine", {})
+    fig.suptitle(f"token path, tiny Gemma 3 text, {result['workload']['output_len']} tokens/request, "
+                 f"{machine.get('cpu_count')} cores ({machine.get('cpu_model', '')[:40]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
