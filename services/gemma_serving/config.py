@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from gemma_serving.engines.sampling import SAMPLING_PARAMS
 from gemma_serving.errors import InvalidRequest
 from gemma_serving.observability_config import HealthProbeSettings, QualitySettings, SaturationTargets
 from gemma_serving.security_config import SecuritySettings
@@ -87,6 +88,30 @@ class EngineSettings(Strict):
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
+def _sampling_defaults_model() -> type[Strict]:
+    """SamplingDefaults: one optional field per defaultable sampling parameter, bounds from its declaration."""
+    fields: dict[str, Any] = {}
+    for p in SAMPLING_PARAMS:
+        if not p.defaultable:
+            continue
+        bounds = {}
+        if p.low is not None and p.kind is not tuple:
+            bounds["gt" if p.low_open else "ge"] = p.low
+        if p.high is not None and not callable(p.high):
+            bounds["le"] = p.high
+        kind = list[str] if p.kind is tuple else p.kind
+        unset = "" if p.engine_default is None else f" Unset: vLLM's {str(p.engine_default).lower()}."
+        fields[p.name] = (Optional[kind], Field(None, description=f"{p.description} Allowed: {p.range_text()}."
+                                                f"{unset}", **bounds))
+    model = create_model("SamplingDefaults", __base__=Strict, **fields)
+    model.__doc__ = ("Sampling a model uses when a request leaves a parameter unset (null: vLLM's default), e.g. "
+                     "the Gemma guide's temperature 0.7, top_p 0.9, repetition_penalty 1.05.")
+    return model
+
+
+SamplingDefaults = _sampling_defaults_model()
+
+
 class AdapterConfig(Strict):
     """A LoRA adapter of a model, chosen per request with GenerateRequest.adapter."""
 
@@ -113,6 +138,10 @@ class ModelConfig(Strict):
     )
     default_max_tokens: int = Field(256, gt=0, description="max_tokens used when a request leaves it unset.")
     max_output_tokens: int = Field(1024, gt=0, description="Largest max_tokens a request may ask for.")
+    default_sampling: SamplingDefaults = Field(
+        default_factory=SamplingDefaults,
+        description="Sampling parameters applied when a request leaves them unset; reported in ListModels.",
+    )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="Engine settings for this model.")
     adapters: list[AdapterConfig] = Field(
         default_factory=list,

@@ -25,10 +25,18 @@ class TenantConfig(_Strict):
         default_factory=list, description="mTLS client-certificate subject CNs that authenticate as this tenant."
     )
     models: list[str] | None = Field(None, description="Models the tenant may call; null means all.")
-    requests_per_minute: int | None = Field(None, gt=0, description="Request quota (null: unlimited).")
+    # Quotas: sliding windows of a minute, an hour and a day (router/quotas.py WINDOWS); null is unlimited.
+    requests_per_minute: int | None = Field(None, gt=0, description="Requests per sliding minute (null: unlimited).")
     tokens_per_minute: int | None = Field(
-        None, gt=0, description="Prompt + completion token quota, charged as tokens stream (null: unlimited)."
+        None, gt=0, description="Prompt + completion tokens per sliding minute, charged as tokens stream (null: "
+        "unlimited)."
     )
+    requests_per_hour: int | None = Field(
+        None, gt=0, description="Requests per sliding hour, e.g. the Gemma guide's 100 (null: unlimited)."
+    )
+    tokens_per_hour: int | None = Field(None, gt=0, description="Tokens per sliding hour (null: unlimited).")
+    requests_per_day: int | None = Field(None, gt=0, description="Requests per sliding day (null: unlimited).")
+    tokens_per_day: int | None = Field(None, gt=0, description="Tokens per sliding day (null: unlimited).")
     max_concurrent_streams: int | None = Field(None, gt=0, description="Requests in flight at once (null: no cap).")
     admin: bool = Field(
         False, description="May call the Admin service (register / unregister LoRA adapters). With auth disabled "

@@ -96,18 +96,24 @@ def check(stub, case: Case, test: str, fresh: bool = False) -> Outcome:
 
 def _check_reply(case: Case, reply) -> None:
     finished = (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    n = case.request.sampling.n if case.request.sampling.HasField("n") else 1
     if case.stream:
         assert reply, f"empty stream for {case!r}"
         ids = {c.request_id for c in reply}
         assert len(ids) == 1 and ids != {""}, f"request ids {ids} in one stream: {case!r}"
-        assert all(c.finish_reason == pb.FINISH_REASON_UNSPECIFIED for c in reply[:-1]), f"early finish: {case!r}"
-        last, usage = reply[-1], reply[-1].usage
-        assert last.finish_reason in finished, f"last chunk finish_reason {last.finish_reason}: {case!r}"
+        assert {c.index for c in reply} == set(range(n)), f"choice indexes in the stream: {case!r}"
+        for index in range(n):  # each choice (one unless n > 1) ends with its finish reason and usage
+            mine = [c for c in reply if c.index == index]
+            assert all(c.finish_reason == pb.FINISH_REASON_UNSPECIFIED for c in mine[:-1]), f"early finish: {case!r}"
+            last, usage = mine[-1], mine[-1].usage
+            assert last.finish_reason in finished, f"last chunk finish_reason {last.finish_reason}: {case!r}"
+            assert 1 <= usage.completion_tokens <= case.max_tokens, f"usage {usage} for {case!r}"
     else:
         assert reply.request_id and reply.model == case.request.model, f"reply header: {case!r}"
         assert reply.finish_reason in finished, f"finish_reason {reply.finish_reason}: {case!r}"
+        assert len(reply.choices) == (n if n > 1 else 0), f"{len(reply.choices)} choices for {case!r}"
         usage = reply.usage
-    assert 1 <= usage.completion_tokens <= case.max_tokens, f"usage {usage} for {case!r}"
+        assert n <= usage.completion_tokens <= n * case.max_tokens, f"usage {usage} for {case!r}"
     assert usage.prompt_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 

@@ -149,7 +149,17 @@ def build_case(model: str, messages: list[tuple[str, list[Piece]]], sampling: pb
         broken.add(INVALID)
     if s.HasField("top_p") and not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
         broken.add(INVALID)
-    if s.HasField("top_k") and s.top_k < 0:
+    if s.HasField("top_k") and s.top_k < -1:  # 0 and -1 disable top-k, as in vLLM
+        broken.add(INVALID)
+    for name, low, high, low_open in (("min_p", 0, 1, False), ("repetition_penalty", 0, math.inf, True),
+                                      ("presence_penalty", -2, 2, False), ("frequency_penalty", -2, 2, False)):
+        value = getattr(s, name)
+        above = value > low if low_open else value >= low
+        if s.HasField(name) and not (math.isfinite(value) and above and value <= high):
+            broken.add(INVALID)
+    if s.HasField("top_logprobs") and not (0 <= s.top_logprobs <= 20 and (s.top_logprobs == 0 or s.logprobs)):
+        broken.add(INVALID)
+    if s.HasField("n") and not 1 <= s.n <= 8:
         broken.add(INVALID)
     if len(s.stop) > LIMITS.max_stop_sequences or any(not 1 <= len(x) <= LIMITS.max_stop_chars for x in s.stop):
         broken.add(INVALID)

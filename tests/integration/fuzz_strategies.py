@@ -87,6 +87,25 @@ def samplings(draw, *, small: bool = False) -> pb.SamplingParams:
     seed = draw(st.one_of(st.none(), st.sampled_from([0, -1, INT64[0], INT64[1]]), st.integers(*INT64)))
     if seed is not None:
         s.seed = seed
+    # The Gemma guide's knobs and the OpenAI extras (issue 15): valid ranges, edges and, unless small, anything.
+    ranges = {"min_p": (0, 1), "repetition_penalty": (2.0**-10, 2), "presence_penalty": (-2, 2),
+              "frequency_penalty": (-2, 2)}
+    for name, (low, high) in ranges.items():
+        edges = [low, high] + ([] if small else [0.0, -0.0, high * 1.0000002, float("nan"), float("inf")])
+        value = draw(st.one_of(st.none(), st.none(), st.floats(low, high, width=32), st.sampled_from(edges),
+                               *([] if small else [floats])))
+        if value is not None:
+            setattr(s, name, value)
+    logprobs = draw(st.one_of(st.none(), st.booleans()))
+    if logprobs is not None:
+        s.logprobs = logprobs
+    top = draw(st.one_of(st.none(), st.integers(0, 20), *([] if small else [st.sampled_from([21, -1, INT32[1]])])))
+    if top is not None and (not small or s.logprobs):
+        s.top_logprobs = top
+    if not small:  # several choices multiply engine work: only in the full strategy
+        n = draw(st.one_of(st.none(), st.none(), st.sampled_from([1, 2, 0, -1, 9, INT32[1]])))
+        if n is not None:
+            s.n = n
     if small:
         stops = draw(st.lists(st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=8), max_size=3))
     else:

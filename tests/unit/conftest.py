@@ -18,13 +18,16 @@ from gemma_serving.engines.fake import FakeEngine
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.router.server import start_grpc_server
 
+#: stream_flush_ms 0: a delta per FakeEngine token, so tests can count chunks (test_token_path.py covers pacing).
+PER_TOKEN = {"stream_flush_ms": 0}
 CONFIG = {
     "router": {"port": 0},
     "limits": {"max_messages": 4, "max_images": 1, "max_image_pixels": 10_000, "max_audio_seconds": 2},
     "services": {
-        "text": {"model": {"name": "text-model", "source": "/m/t", "max_output_tokens": 100, "default_max_tokens": 64}},
-        "vision": {"model": {"name": "vision-model", "source": "/m/v"}},
-        "audio": {"model": {"name": "audio-model", "source": "/m/a"}},
+        "text": {"model": {"name": "text-model", "source": "/m/t", "max_output_tokens": 100, "default_max_tokens": 64},
+                 "deployment": PER_TOKEN},
+        "vision": {"model": {"name": "vision-model", "source": "/m/v"}, "deployment": PER_TOKEN},
+        "audio": {"model": {"name": "audio-model", "source": "/m/a"}, "deployment": PER_TOKEN},
     },
 }
 
@@ -104,6 +107,20 @@ async def make_router():
     yield start
     for router in started:
         await router.drain_and_stop(0)
+
+
+@pytest.fixture
+async def client(router, config):
+    """The official `openai` client on the router's OpenAI surface (HTTP on loopback), and the backend."""
+    import openai
+    from gemma_serving.router.openai_http import OpenAISurface, start_http_server
+
+    stub, backend = router
+    server, port = await start_http_server(OpenAISurface(config, backend.router.pipeline).app(), "127.0.0.1", 0)
+    async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as c:
+        yield c, backend
+    server.should_exit = True
+    await server.gemma_task
 
 
 @pytest.fixture

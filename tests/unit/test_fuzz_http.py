@@ -77,9 +77,6 @@ def test_hostile_http_bodies_get_expected_statuses(server, path, method, body, c
     send_and_check(server[0], path, method, body, content_type)
 
 
-@pytest.mark.xfail(strict=True, reason="the OpenAI request parsing (router/openai_convert.py) turns wrongly typed "
-                   "fields into 500s (e.g. response_format: []); issue 15 replaces it with typed request models; "
-                   "remove this mark then")
 @settings(max_examples=100, derandomize=True, **SETTINGS)
 @given(path=st.sampled_from(PATHS[:2]), body=shaped_requests(MODELS))
 @example(path=PATHS[0], body={"model": "text-model", "messages": [], "response_format": []})

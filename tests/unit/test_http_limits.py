@@ -82,7 +82,9 @@ async def test_json_nested_past_the_depth_limit_is_400(http, depth, why):
 
 async def test_json_at_the_depth_limit_is_parsed(http):
     client, _, _ = http
-    body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}], "x": [[[[[[[[[[[[[[]]]]]]]]]]]]]]}
+    schema = {"type": "object", "x": [[[[[[[[[[]]]]]]]]]]}  # arbitrary JSON a tool's schema may hold
+    body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}
     reply = await client.post("/v1/chat/completions", json=body)
     assert reply.status_code == 404  # got as far as model lookup
 

@@ -11,19 +11,12 @@ from gemma_serving.config import ServiceKind
 from gemma_serving.router.openai_http import OpenAISurface, start_http_server
 
 
-@pytest.fixture
-async def client(router, config):
-    stub, backend = router
-    server, port = await start_http_server(OpenAISurface(config, backend.router.pipeline).app(), "127.0.0.1", 0)
-    async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as c:
-        yield c, backend
-    server.should_exit = True
-    await server.gemma_task
-
-
 async def test_models_are_listed(client):
     c, _ = client
-    assert {m.id async for m in c.models.list()} == {"text-model", "vision-model", "audio-model"}
+    models = {m.id: m async for m in c.models.list()}
+    assert set(models) == {"text-model", "vision-model", "audio-model"}
+    text = models["text-model"].model_extra
+    assert text["max_model_len"] == 2048 and text["default_sampling"] == {"max_tokens": 64}
 
 
 async def test_chat_completion_and_streaming(client):

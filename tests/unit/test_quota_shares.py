@@ -73,8 +73,8 @@ def test_a_silent_replica_stops_counting():
     exchange = QuotaExchange(clock=lambda: now[0])
     from gemma_serving.router.quotas import TenantCounts
 
-    exchange.publish("r1", {"team-a": TenantCounts(5, 100, 1)})
-    assert exchange.publish("r2", {})["team-a"] == TenantCounts(5, 100, 1)
+    exchange.publish("r1", {"team-a": TenantCounts((5, 5, 5), (100, 100, 100), 1)})
+    assert exchange.publish("r2", {})["team-a"] == TenantCounts((5, 5, 5), (100, 100, 100), 1)
     now[0] = 11.0
     assert exchange.publish("r2", {}) == {}
 

@@ -26,6 +26,16 @@ TOOLS = (WEATHER, TIME)
         ('```python\n[get_time(tz="UTC"), get_weather(city="B")]\n```',
          [("get_time", {"tz": "UTC"}), ("get_weather", {"city": "B"})]),
         ('{"name": "get_weather", "arguments": {"city": "Zürich 🌧"}}', [("get_weather", {"city": "Zürich 🌧"})]),
+        # The Gemma guide's JSON format (function_name + parameters), alone, fenced and as a list.
+        ('{"function_name": "get_weather", "parameters": {"city": "Tokyo"}}', [("get_weather", {"city": "Tokyo"})]),
+        ('```json\n{"function_name": "get_time", "parameters": {"tz": "JST"}}\n```', [("get_time", {"tz": "JST"})]),
+        ('[{"function_name": "get_weather", "parameters": {"city": "A"}}, {"function_name": "get_time", '
+         '"parameters": {}}]', [("get_weather", {"city": "A"}), ("get_time", {})]),
+        # The guide's FUNCTION_CALL lines: several calls in one reply, with prose around them.
+        ('FUNCTION_CALL: get_weather(city="Tokyo")\nFUNCTION_CALL: get_time(tz="Asia/Tokyo")',
+         [("get_weather", {"city": "Tokyo"}), ("get_time", {"tz": "Asia/Tokyo"})]),
+        ('I will check both.\n\nFUNCTION_CALL: get_weather(city="Oslo")\n  FUNCTION_CALL: get_weather(city="Bergen")\n'
+         'Done.', [("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Bergen"})]),
     ],
 )
 def test_real_looking_calls_are_parsed(text, expected):
@@ -50,6 +60,9 @@ def test_real_looking_calls_are_parsed(text, expected):
         "",
         "[" * 5000,
         '{"name": ' * 3000,
+        '{"function_name": "delete_everything", "parameters": {}}',  # the guide's format, undeclared tool
+        'FUNCTION_CALL: get_weather(city="A")\nFUNCTION_CALL: rm_rf(path="/")',  # one call is not declared
+        'FUNCTION_CALL: get_weather(city="A")\nFUNCTION_CALL: get_time(tz=',  # the second call is cut off
     ],
 )
 def test_malformed_or_foreign_output_is_not_a_call(text):

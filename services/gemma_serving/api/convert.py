@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 from gemma_serving.api import inference_pb2 as pb
+from gemma_serving.engines.sampling import SAMPLING_PARAMS
 from gemma_serving.engines.types import (
     AudioPart,
     AudioTask,
@@ -15,8 +18,10 @@ from gemma_serving.engines.types import (
     Message,
     Part,
     ResponseFormat,
+    ResponseTiming,
     Sampling,
     TextPart,
+    TokenLogprob,
     Tool,
     ToolCall,
     ToolChoice,
@@ -98,26 +103,32 @@ def request_from_pb(req: pb.GenerateRequest) -> GenerationRequest:
     audio_task = None
     if req.audio_task.task != pb.AudioTask.TASK_UNSPECIFIED:
         audio_task = AudioTask(_AUDIO_TASKS[req.audio_task.task], req.audio_task.target_language)
-    s = req.sampling
-    sampling = Sampling(
-        max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
-        temperature=s.temperature if s.HasField("temperature") else None,
-        top_p=s.top_p if s.HasField("top_p") else None,
-        top_k=s.top_k if s.HasField("top_k") else None,
-        seed=s.seed if s.HasField("seed") else None,
-        stop=tuple(s.stop),
-        ignore_eos=s.ignore_eos,
-    )
     return GenerationRequest(
         req.model,
         tuple(messages),
-        sampling,
+        sampling_from_pb(req.sampling),
         tools=tools,
         tool_choice=ToolChoice(_TOOL_CHOICE_MODES[req.tool_choice.mode], req.tool_choice.function_name),
         response_format=_response_format(req.response_format),
         audio_task=audio_task,
         adapter=req.adapter,
     )
+
+
+def sampling_from_pb(s: pb.SamplingParams) -> Sampling:
+    """The domain Sampling: every declared parameter from the proto field of the same name (unset stays None)."""
+    values = {}
+    for p in SAMPLING_PARAMS:
+        if p.kind is tuple:
+            values[p.name] = tuple(getattr(s, p.name)) or None
+        elif s.HasField(p.name):
+            values[p.name] = getattr(s, p.name)
+    return Sampling(**values)
+
+
+def sampling_to_pb(values: Mapping[str, Any]) -> pb.SamplingParams:
+    """SamplingParams holding the set (not None) values of `values` by parameter name (e.g. a model's defaults)."""
+    return pb.SamplingParams(**{p.name: values[p.name] for p in SAMPLING_PARAMS if values.get(p.name) is not None})
 
 
 def usage_pb(chunk: Chunk) -> pb.Usage:
@@ -132,12 +143,32 @@ def _tool_calls_pb(calls: tuple[ToolCall, ...]) -> list[pb.ToolCall]:
     return [pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments_json) for c in calls]
 
 
+def timing_pb(timing: ResponseTiming | None) -> pb.ResponseTiming | None:
+    if timing is None:
+        return None
+    out = pb.ResponseTiming(time_to_first_token_seconds=timing.time_to_first_token_seconds,
+                            generation_seconds=timing.generation_seconds, tokens_per_second=timing.tokens_per_second)
+    if timing.queue_seconds is not None:
+        out.queue_seconds = timing.queue_seconds
+    return out
+
+
+def logprobs_pb(logprobs: tuple[TokenLogprob, ...]) -> list[pb.TokenLogprob]:
+    return [pb.TokenLogprob(token=t.token, logprob=t.logprob,
+                            top_logprobs=[pb.TopLogprob(token=tok, logprob=lp) for tok, lp in t.top])
+            for t in logprobs]
+
+
 def chunk_to_pb(chunk: Chunk, request_id: str) -> pb.GenerateChunk:
     out = pb.GenerateChunk(request_id=request_id, text=chunk.text)
+    if chunk.logprobs:
+        out.logprobs.extend(logprobs_pb(chunk.logprobs))
     if chunk.finish_reason is not None:
         out.finish_reason = _FINISH_TO_PB[chunk.finish_reason]
         out.usage.CopyFrom(usage_pb(chunk))
         out.tool_calls.extend(_tool_calls_pb(chunk.tool_calls))
+        if chunk.timing is not None:
+            out.timing.CopyFrom(timing_pb(chunk.timing))
     return out
 
 
@@ -149,4 +180,25 @@ def response_to_pb(text: str, last: Chunk, request_id: str, model: str) -> pb.Ge
         finish_reason=_FINISH_TO_PB[last.finish_reason],
         usage=usage_pb(last),
         tool_calls=_tool_calls_pb(last.tool_calls),
+        timing=timing_pb(last.timing),
+        logprobs=logprobs_pb(last.logprobs),
     )
+
+
+def choices_response_to_pb(choices: list[tuple[str, Chunk]], request_id: str, model: str,
+                           usage: tuple[int, int], timing: ResponseTiming | None) -> pb.GenerateResponse:
+    """The response to a request with several choices: choice 0 at the top level, all of them in `choices`,
+    `usage` as (prompt tokens, completion tokens) over all choices."""
+    text, last = choices[0]
+    out = response_to_pb(text, last, request_id, model)
+    out.usage.CopyFrom(pb.Usage(prompt_tokens=usage[0], completion_tokens=usage[1], total_tokens=sum(usage)))
+    out.ClearField("timing")
+    if timing is not None:
+        out.timing.CopyFrom(timing_pb(timing))
+    out.choices.extend(
+        pb.Choice(index=i, text=t, finish_reason=_FINISH_TO_PB[c.finish_reason],
+                  tool_calls=_tool_calls_pb(c.tool_calls), logprobs=logprobs_pb(c.logprobs),
+                  completion_tokens=c.completion_tokens)
+        for i, (t, c) in enumerate(choices)
+    )
+    return out

@@ -100,7 +100,8 @@ class StreamSink:
         self._ended = finish is not None
         delta = Delta(self._stream, chunk.text, chunk.prompt_tokens, chunk.completion_tokens,
                       None if finish is None else finish.value,
-                      time.monotonic() - self._began if first else None, self._ended)
+                      time.monotonic() - self._began if first else None, self._ended,
+                      [(t.token, t.logprob, t.top) for t in chunk.logprobs] if chunk.logprobs else None)
         self._sent = True
         self._counts = (chunk.prompt_tokens, chunk.completion_tokens)
         self._publisher.put(self._address, delta)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from gemma_serving.engines.types import Chunk, FinishReason
+from gemma_serving.engines.types import Chunk, FinishReason, TokenLogprob
 
 
 class Delta(msgspec.Struct, array_like=True, gc=False):
@@ -25,6 +25,8 @@ class Delta(msgspec.Struct, array_like=True, gc=False):
     replica_s: float | None = None
     #: The stream's last delta.
     end: bool = False
+    #: With sampling.logprobs: (token, logprob, ((alternative, logprob), ...)) per token of `text`.
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] | None = None
 
 
 ENCODER = msgspec.msgpack.Encoder()
@@ -40,4 +42,8 @@ def merge(deltas: list[Delta], queue_seconds: float | None = None) -> Chunk:
     last = deltas[-1]
     text = last.text if len(deltas) == 1 else "".join(d.text for d in deltas)
     finish = FinishReason(last.finish) if last.finish is not None else None
-    return Chunk(text, last.prompt_tokens, last.completion_tokens, finish, queue_seconds)
+    logprobs = ()
+    if last.logprobs is not None or (len(deltas) > 1 and any(d.logprobs for d in deltas)):
+        logprobs = tuple(TokenLogprob(token, logprob, tuple(tuple(a) for a in top))
+                         for d in deltas if d.logprobs for token, logprob, top in d.logprobs)
+    return Chunk(text, last.prompt_tokens, last.completion_tokens, finish, queue_seconds, logprobs=logprobs)

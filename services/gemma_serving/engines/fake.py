@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest
+from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, TokenLogprob
 from gemma_serving.errors import EngineDead
 
 
@@ -45,9 +45,12 @@ class FakeEngine:
                 ready = done + 1
                 if self.step_delay_s > 0:
                     ready = max(ready, min(n, int((loop.time() - began) / self.step_delay_s)))
-                text = "".join(self.script[i] if self.script is not None else f" word{i}" for i in range(done, ready))
+                tokens = [self.script[i] if self.script is not None else f" word{i}" for i in range(done, ready)]
+                top = request.sampling.top_logprobs or 0
+                logprobs = tuple(_logprobs(token, i, top) for i, token in zip(range(done, ready), tokens)) \
+                    if request.sampling.logprobs else ()
                 done = ready
-                yield Chunk(text, prompt_tokens, done, reason if done == n else None)
+                yield Chunk("".join(tokens), prompt_tokens, done, reason if done == n else None, logprobs=logprobs)
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.append(request_id)
             raise
@@ -63,3 +66,9 @@ class FakeEngine:
 
     async def shutdown(self) -> None:
         self.started = False
+
+
+def _logprobs(token: str, i: int, top: int) -> TokenLogprob:
+    """Made-up but consistent: the sampled token is the most likely, alternatives `alt{k}` less so."""
+    sampled = -0.1 * (i + 1)
+    return TokenLogprob(token, sampled, ((token, sampled), *((f"alt{k}", sampled - k) for k in range(1, top)))[:top])

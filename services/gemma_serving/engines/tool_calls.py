@@ -2,8 +2,9 @@
 
 Gemma 3 has no tool tokens: tools are described in the system turn and the model answers with a JSON object
 `{"name": ..., "arguments": {...}}` (or a list of them). Models also write fenced blocks (```json, ```tool_code),
-`FUNCTION_CALL: name(args)` or Python-style calls `name(a=1)`; the parser accepts all of these and returns nothing
-when the text is not a call to a declared tool.
+Python-style calls `name(a=1)`, and the Gemma guide's two formats: `{"function_name": ..., "parameters": {...}}`
+and one `FUNCTION_CALL: name(args)` line per call. The parser accepts all of these and returns nothing when the text
+is not (only) calls to declared tools.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import uuid
 from gemma_serving.engines.types import Tool, ToolCall, ToolChoice
 
 _FENCE = re.compile(r"```(?:json|tool_code|tool_call|python)?\s*\n?(.*?)```", re.S)
-_FUNCTION_CALL = re.compile(r"FUNCTION_CALL:\s*(.+)", re.S)
+#: One call per `FUNCTION_CALL:` line, as the guide's prompt asks ("list them separately").
+_FUNCTION_CALL = re.compile(r"FUNCTION_CALL:[ \t]*(.+)")
 
 
 def tools_prompt(tools: tuple[Tool, ...]) -> str:
@@ -63,9 +65,10 @@ def parse_tool_calls(text: str, tools: tuple[Tool, ...]) -> tuple[ToolCall, ...]
 def _candidates(text: str) -> list[str]:
     out = [text]
     out += [m.group(1).strip() for m in _FENCE.finditer(text)]
-    match = _FUNCTION_CALL.search(text)
-    if match:
-        out.append(match.group(1).strip())
+    calls = [m.group(1).strip() for m in _FUNCTION_CALL.finditer(text)]
+    if calls:
+        # Several calls become one Python list, so that all of them must parse.
+        out.append(calls[0] if len(calls) == 1 else f"[{', '.join(calls)}]")
     return out
 
 
@@ -80,7 +83,7 @@ def _calls_from(candidate: str, names: set[str]) -> tuple[ToolCall, ...]:
         if not isinstance(item, dict):
             return ()
         body = item["function"] if isinstance(item.get("function"), dict) else item  # OpenAI-style nesting
-        name = body.get("name")
+        name = body.get("name", body.get("function_name"))  # the guide's JSON format says function_name
         args = body.get("arguments", body.get("parameters", {}))
         if isinstance(args, str):
             try:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Union
 
+from gemma_serving.engines.sampling import Sampling  # derived from the sampling declarations
+
 
 class FinishReason(str, Enum):
     STOP = "stop"
@@ -107,18 +109,6 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class Sampling:
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    #: Generate past end-of-turn until max_tokens (vLLM's `ignore_eos`, for fixed-length benchmark requests).
-    ignore_eos: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """What a client asked for, after validation. Media parts are encoded until a deployment decodes them."""
 
@@ -130,6 +120,8 @@ class GenerationRequest:
     response_format: ResponseFormat | None = None
     audio_task: AudioTask | None = None
     adapter: str = ""
+    #: The one user message's text is the whole prompt, sent without the chat template (/v1/completions).
+    raw_prompt: bool = False
     trace_context: dict[str, str] = field(default_factory=dict)
     #: Seconds the request may still take when the router sends it (the client's deadline capped by the server's
     #: maximum). A duration, not an instant: router and replica clocks are never compared.
@@ -139,6 +131,30 @@ class GenerationRequest:
         """Input modalities used by the request ("text", "image", "audio")."""
         kinds = {TextPart: "text", ImagePart: "image", DecodedImage: "image", AudioPart: "audio", DecodedAudio: "audio"}
         return {kinds[type(p)] for m in self.messages for p in m.parts}
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log probability and, with top_logprobs, the most likely alternatives."""
+
+    token: str
+    logprob: float
+    #: (token, logprob) of the most likely tokens at this position, most likely first.
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTiming:
+    """How long a response took, measured at the router (the Gemma guide's generation_time, tokens_per_second)."""
+
+    #: Between the router sending the request and a replica starting it (None if the replica did not say).
+    queue_seconds: float | None
+    #: From the router receiving the request to the first output reaching it.
+    time_to_first_token_seconds: float
+    #: From the router receiving the request to the last output reaching it.
+    generation_seconds: float
+    #: completion_tokens / generation_seconds.
+    tokens_per_second: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +170,14 @@ class Chunk:
     queue_seconds: float | None = None
     #: Set on the last chunk when the model called tools.
     tool_calls: tuple[ToolCall, ...] = ()
+    #: Set by the router on the last chunk (router/timing.py).
+    timing: ResponseTiming | None = None
+    #: With sampling.logprobs: one entry per token of this chunk's text.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     def merge(self, later: Chunk) -> Chunk:
         """One chunk equivalent to `self` followed by `later` (used to coalesce ready deltas)."""
         return Chunk(
             self.text + later.text, later.prompt_tokens, later.completion_tokens, later.finish_reason,
-            self.queue_seconds, later.tool_calls,
+            self.queue_seconds, later.tool_calls, later.timing, self.logprobs + later.logprobs,
         )

@@ -12,8 +12,16 @@ from typing import Any, AsyncIterator
 from gemma_serving.config import ModelConfig
 from gemma_serving.engines.engine_load import EngineLoad, EngineLoadTracker
 from gemma_serving.engines.prompts import chat_messages
+from gemma_serving.engines.sampling import to_vllm_fields
 from gemma_serving.engines.tool_calls import forced_call_schema
-from gemma_serving.engines.types import Chunk, DecodedAudio, DecodedImage, FinishReason, GenerationRequest
+from gemma_serving.engines.types import (
+    Chunk,
+    DecodedAudio,
+    DecodedImage,
+    FinishReason,
+    GenerationRequest,
+    TokenLogprob,
+)
 from gemma_serving.errors import EngineDead, GemmaServingError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,18 @@ def structured_outputs(request: GenerationRequest) -> Any:
     return StructuredOutputsParams(choice=list(fmt.choices))
 
 
+def token_logprobs(token_ids, logprobs, top: int) -> tuple[TokenLogprob, ...]:
+    """Our TokenLogprobs from vLLM's per-token {token id: Logprob} maps: the sampled token and the `top` most likely
+    (by rank), clamped at -9999 as vLLM's server does (JSON has no -inf)."""
+    out = []
+    for token_id, candidates in zip(token_ids, logprobs):
+        sampled = candidates[token_id]
+        best = sorted(candidates.values(), key=lambda c: c.rank)[:top]
+        out.append(TokenLogprob(sampled.decoded_token or "", max(sampled.logprob, -9999.0),
+                                tuple((c.decoded_token or "", max(c.logprob, -9999.0)) for c in best)))
+    return tuple(out)
+
+
 class VllmEngine:
     """One vLLM AsyncLLM serving one model. Not safe to share across event loops."""
 
@@ -141,6 +161,10 @@ class VllmEngine:
         log.info("engine for %s ready in %.1f s", self._model.name, self.start_seconds)
 
     def _prompt(self, request: GenerationRequest) -> dict[str, Any]:
+        if request.raw_prompt:
+            # As vLLM's /v1/completions: the text as is, after <bos> (it tokenizes with special tokens; generate()
+            # does not add them, so the <bos> is written out).
+            return {"prompt": (self._tokenizer.bos_token or "") + request.messages[0].parts[0].text}
         text = self._tokenizer.apply_chat_template(chat_messages(request), tokenize=False, add_generation_prompt=True)
         prompt: dict[str, Any] = {"prompt": text}
         parts = [p for m in request.messages for p in m.parts]
@@ -155,15 +179,10 @@ class VllmEngine:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        s = request.sampling
-        given = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed}
         return SamplingParams(
-            max_tokens=s.max_tokens,
-            stop=list(s.stop) or None,
-            ignore_eos=s.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
             structured_outputs=structured_outputs(request),
-            **{k: v for k, v in given.items() if v is not None},
+            **to_vllm_fields(request.sampling),
         )
 
     async def generate(self, request: GenerationRequest, *, request_id: str) -> AsyncIterator[Chunk]:
@@ -180,6 +199,7 @@ class VllmEngine:
                 raise InvalidRequest(f"adapter '{request.adapter[:64]}' is not loaded for model {self._model.name}",
                                      field="adapter")
         completion_tokens = 0
+        top = request.sampling.top_logprobs or 0
         stream = self._llm.generate(
             self._prompt(request),
             self._sampling_params(request),
@@ -194,7 +214,8 @@ class VllmEngine:
                 delta = out.outputs[0]
                 completion_tokens += len(delta.token_ids)
                 finish = _FINISH.get(delta.finish_reason) if out.finished else None
-                yield Chunk(delta.text, len(out.prompt_token_ids or ()), completion_tokens, finish)
+                logprobs = token_logprobs(delta.token_ids, delta.logprobs, top) if delta.logprobs else ()
+                yield Chunk(delta.text, len(out.prompt_token_ids or ()), completion_tokens, finish, logprobs=logprobs)
         except EngineDeadError as exc:
             raise EngineDead(f"engine for {self._model.name} died: {type(exc).__name__}") from exc
         except (VLLMClientError, ValueError) as exc:

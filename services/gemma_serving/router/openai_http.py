@@ -21,11 +21,14 @@ from gemma_serving.config import ServingConfig
 from gemma_serving.engines.types import AudioPart, AudioTask, Chunk, GenerationRequest, Message, Sampling, TextPart
 from gemma_serving.errors import InvalidRequest
 from gemma_serving.router import openai_convert as oc
+from gemma_serving.router import openai_responses as responses
+from gemma_serving.router.choices import choice_requests, collect_choices, merged
 from gemma_serving.router.health import ServiceHealth
 from gemma_serving.router.http_cancel import until_disconnect
 from gemma_serving.router.http_errors import OpenAIRequestMiddleware, credentials, error_body
 from gemma_serving.router.http_limits import BodyLimitMiddleware, parse_json_object
 from gemma_serving.router.pipeline import InferencePipeline, collect
+from gemma_serving.router.timing import with_timing
 
 
 async def _json(request: Request, max_depth: int) -> dict:
@@ -72,54 +75,72 @@ class OpenAISurface:
     async def usage(self, http: Request) -> JSONResponse:
         """The calling tenant's usage and remaining quota (same figures as the GetUsage RPC)."""
         u = self._pipeline.tenancy.quotas.usage(http.state.tenant)
-        return JSONResponse({
-            "tenant": u.tenant, "window_seconds": 60, "requests": u.requests, "tokens": u.tokens,
-            "requests_limit": u.requests_limit, "tokens_limit": u.tokens_limit,
-            "concurrent_streams": u.concurrent, "concurrent_streams_limit": u.concurrent_limit,
-            "reset_in_ms": int(u.reset_in_s * 1000),
-        })
+        windows = [{"window": w.window, "window_seconds": int(w.seconds), "requests": w.requests,
+                    "tokens": w.tokens, "requests_limit": w.requests_limit, "tokens_limit": w.tokens_limit,
+                    "reset_in_ms": int(w.reset_in_s * 1000)} for w in u.windows]
+        # The top-level figures are the minute window's (as before the hour and day windows existed).
+        minute = {k: v for k, v in windows[0].items() if k != "window"}
+        return JSONResponse({"tenant": u.tenant, **minute, "concurrent_streams": u.concurrent,
+                             "concurrent_streams_limit": u.concurrent_limit, "windows": windows})
 
     def _stream(self, domain: GenerationRequest, http: Request, request_id: str) -> AsyncIterator[Chunk]:
+        received = time.monotonic()
         carrier = {k: v for k, v in http.headers.items() if k in ("traceparent", "tracestate")}
-        return self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier,
-                                     credentials=credentials(http), tenant=http.state.tenant)
+        stream = self._pipeline.stream(domain, request_id=request_id, time_remaining=None, carrier=carrier,
+                                       credentials=credentials(http), tenant=http.state.tenant)
+        named_tool = domain.tool_choice.mode == "function"
+        return with_timing(oc.openai_finish(stream, named_tool=named_tool), received=received)
 
     async def _complete(self, domain: GenerationRequest, http: Request, request_id: str) -> tuple[str, Chunk]:
         return await until_disconnect(http, collect(self._stream(domain, http, request_id)))
 
     async def models(self, http: Request) -> JSONResponse:
-        data = [{"id": s.model.name, "object": "model", "created": 0, "owned_by": "gemma-serving"}
+        """OpenAI's model list, with vLLM's `max_model_len` and our `default_sampling` (set parameters only)."""
+        data = [{"id": s.model.name, "object": "model", "created": 0, "owned_by": "gemma-serving",
+                 "max_model_len": s.model.engine.max_model_len,
+                 "default_sampling": {"max_tokens": s.model.default_max_tokens,
+                                      **s.model.default_sampling.model_dump(exclude_none=True)}}
                 for s in self._config.services.values()]
         return JSONResponse({"object": "list", "data": data})
 
+    def _choice_streams(self, domain: GenerationRequest, http: Request, request_id: str
+                        ) -> list[AsyncIterator[Chunk]]:
+        requests = choice_requests(domain)
+        if len(requests) == 1:
+            return [self._stream(domain, http, request_id)]
+        return [self._stream(r, http, f"{request_id}-{i}") for i, r in enumerate(requests)]
+
     async def chat(self, http: Request):
         request_id = http.state.request_id
-        body = await _json(http, self._config.limits.max_json_depth)
-        domain = oc.chat_request(body)
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            stream = self._stream(domain, http, request_id)
-            first = await _first_or_error(stream)  # errors before the first token become a normal HTTP error
-            return StreamingResponse(_sse(stream, first, request_id, domain.model, include_usage),
+        domain, body = oc.chat_request(await _json(http, self._config.limits.max_json_depth))
+        streams = self._choice_streams(domain, http, request_id)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if body.stream and len(streams) == 1:
+            first = await _first_or_error(streams[0])  # errors before the first token become an HTTP error
+            return StreamingResponse(_sse(streams[0], first, request_id, domain.model, include_usage),
                                      media_type="text/event-stream")
-        text, last = await self._complete(domain, http, request_id)
-        return JSONResponse(oc.chat_completion(request_id, domain.model, text, last))
+        if body.stream:
+            pairs = merged(streams)
+            first = await _first_or_error(pairs)
+            events = responses.chat_choice_events(pairs, first, request_id, domain.model, include_usage)
+            return StreamingResponse(_sse_text(events, pairs, request_id), media_type="text/event-stream")
+        choices = await until_disconnect(http, collect_choices(streams))
+        return JSONResponse(responses.chat_completion(request_id, domain.model, choices))
 
     async def completions(self, http: Request):
+        """OpenAI's legacy completions: the raw prompt (no chat template), optionally echoed, streamed or not."""
         request_id = http.state.request_id
-        body = await _json(http, self._config.limits.max_json_depth)
-        if body.get("stream"):
-            raise InvalidRequest("stream is not supported on /v1/completions; use /v1/chat/completions",
-                                 field="stream")
-        domain = oc.completion_request(body)
-        text, last = await self._complete(domain, http, request_id)
-        return JSONResponse({
-            "id": f"cmpl-{request_id}", "object": "text_completion", "created": int(time.time()),
-            "model": domain.model,
-            "choices": [{"index": 0, "text": text, "finish_reason": oc.FINISH[last.finish_reason],
-                         "logprobs": None}],
-            "usage": oc.usage(last),
-        })
+        domain, body = oc.completion_request(await _json(http, self._config.limits.max_json_depth))
+        echo = domain.messages[0].parts[0].text if body.echo else ""
+        streams = self._choice_streams(domain, http, request_id)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            pairs = merged(streams) if len(streams) > 1 else _indexed(streams[0])
+            first = await _first_or_error(pairs)
+            events = responses.completion_events(pairs, first, request_id, domain.model, include_usage, echo)
+            return StreamingResponse(_sse_text(events, pairs, request_id), media_type="text/event-stream")
+        choices = await until_disconnect(http, collect_choices(streams))
+        return JSONResponse(responses.text_completion(request_id, domain.model, choices, echo))
 
     async def transcriptions(self, http: Request):
         return await self._audio(http, translate=False)
@@ -178,13 +199,40 @@ async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: st
             if chunk.tool_calls:
                 delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(oc.tool_calls_json(chunk.tool_calls))]
             finish = oc.FINISH[chunk.finish_reason]
-            if delta or finish:
-                yield f"data: {oc.chat_chunk(request_id, model, delta, finish)}\n\n"
+            if delta or finish or chunk.logprobs:
+                event = oc.chat_chunk(request_id, model, delta, finish, timing=chunk.timing, logprobs=chunk.logprobs)
+                yield f"data: {event}\n\n"
             last, chunk = chunk, await anext(stream, None)
         if include_usage and first is not None:
             body = json.loads(oc.chat_chunk(request_id, model, {}, None, oc.usage(last)))
             body["choices"] = []
             yield f"data: {json.dumps(body)}\n\n"
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        _, body = error_body(exc, request_id)
+        yield f"data: {json.dumps(body)}\n\n"
+    finally:
+        await stream.aclose()
+    yield "data: [DONE]\n\n"
+
+
+async def _indexed(stream: AsyncIterator[Chunk]) -> AsyncIterator[tuple[int, Chunk]]:
+    """A single choice's chunks as (0, chunk) pairs."""
+    try:
+        async for chunk in stream:
+            yield 0, chunk
+    finally:
+        await stream.aclose()
+
+
+async def _sse_text(events: AsyncIterator[dict | str], stream: AsyncIterator, request_id: str
+                    ) -> AsyncIterator[str]:
+    """`events` (bodies, or their JSON) as server-sent events ending with [DONE]; a failure mid-stream is one
+    OpenAI error event; `stream` (what the events come from) is closed at the end."""
+    try:
+        async for event in events:
+            yield f"data: {event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)}\n\n"
     except asyncio.CancelledError:
         raise
     except Exception as exc:

@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gemma_serving.config import ServingConfig
+from gemma_serving.engines.sampling import SAMPLING_PARAMS
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.errors import DeadlineExceeded, GemmaServingError
 from gemma_serving.router.adapters import AdapterCatalog
@@ -193,21 +194,23 @@ class InferencePipeline:
 
 
 async def collect(stream: AsyncIterator[Chunk]) -> tuple[str, Chunk]:
-    """The whole text of a stream and its last chunk (finish reason, usage, tool calls), for unary answers."""
-    texts, last = [], None
+    """The whole text of a stream and its last chunk (finish reason, usage, tool calls; with logprobs, those of
+    every chunk), for unary answers."""
+    texts, logprobs, last = [], [], None
     async for chunk in stream:
         texts.append(chunk.text)
+        logprobs.extend(chunk.logprobs)
         last = chunk
     if last is None:
         raise GemmaServingError("the engine returned no output")
+    if logprobs:
+        last = dataclasses.replace(last, logprobs=tuple(logprobs))
     return "".join(texts), last
 
 
 def _set_request_attributes(span, request: GenerationRequest) -> None:
-    s = request.sampling
-    span.set_attribute(attr.REQUEST_MAX_TOKENS, s.max_tokens)
     span.set_attribute(attr.INPUT_MODALITIES, sorted(request.modalities()))
-    if s.temperature is not None:
-        span.set_attribute(attr.REQUEST_TEMPERATURE, s.temperature)
-    if s.top_p is not None:
-        span.set_attribute(attr.REQUEST_TOP_P, s.top_p)
+    for p in SAMPLING_PARAMS:  # every set sampling parameter, under its declared attribute key
+        value = getattr(request.sampling, p.name)
+        if value is not None:
+            span.set_attribute(p.span_key(), list(value) if isinstance(value, tuple) else value)

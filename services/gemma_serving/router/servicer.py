@@ -4,20 +4,30 @@ interceptor, router/interceptors.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import AsyncIterator
 
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
-from gemma_serving.api.convert import MODALITY_TO_PB, chunk_to_pb, request_from_pb, response_to_pb
+from gemma_serving.api.convert import (
+    MODALITY_TO_PB,
+    choices_response_to_pb,
+    chunk_to_pb,
+    request_from_pb,
+    response_to_pb,
+    sampling_to_pb,
+)
 from gemma_serving.config import SERVICE_MODALITIES, ServingConfig
 from gemma_serving.engines.types import Chunk
 from gemma_serving.errors import InvalidRequest
+from gemma_serving.router.choices import choice_requests, collect_choices, combined_timing, combined_usage, merged
 from gemma_serving.router.health import ServiceHealth, ServiceState
 from gemma_serving.router.interceptors import credentials_of, current_request_id, current_tenant
 from gemma_serving.router.pipeline import InferencePipeline, collect
-from gemma_serving.router.quotas import WINDOW_S, UsageSnapshot
+from gemma_serving.router.quotas import UsageSnapshot, WindowUsage
 from gemma_serving.router.status import status_for
+from gemma_serving.router.timing import with_timing
 
 MODEL_STATUS_TO_PB = {
     ServiceState.READY: pb.MODEL_STATUS_READY,
@@ -37,31 +47,53 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._pipeline = pipeline
         self._health = health
 
-    def _chunks(self, request: pb.GenerateRequest, context, request_id: str) -> AsyncIterator[Chunk]:
+    def _choices(self, request: pb.GenerateRequest, context, request_id: str) -> list[AsyncIterator[Chunk]]:
+        """One chunk stream per choice (one unless sampling.n > 1; then engine request ids get the choice index)."""
+        received = time.monotonic()
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return self._pipeline.stream(
-            request_from_pb(request),
-            request_id=request_id,
+        requests = choice_requests(request_from_pb(request))
+        ids = [request_id] if len(requests) == 1 else [f"{request_id}-{i}" for i in range(len(requests))]
+        credentials, tenant = credentials_of(context), current_tenant()
+        return [with_timing(self._pipeline.stream(
+            domain,
+            request_id=choice_id,
             time_remaining=context.time_remaining(),
             carrier=metadata,
-            credentials=credentials_of(context),
-            tenant=current_tenant(),
-        )
+            credentials=credentials,
+            tenant=tenant,
+        ), received=received) for domain, choice_id in zip(requests, ids)]
 
     async def GetUsage(self, request: pb.GetUsageRequest, context) -> pb.GetUsageResponse:
         return usage_to_pb(self._pipeline.tenancy.quotas.usage(current_tenant()))
 
     async def _complete(self, request: pb.GenerateRequest, context, request_id: str) -> pb.GenerateResponse:
-        text, last = await collect(self._chunks(request, context, request_id))
-        return response_to_pb(text, last, request_id, request.model)
+        streams = self._choices(request, context, request_id)
+        if len(streams) == 1:
+            text, last = await collect(streams[0])
+            return response_to_pb(text, last, request_id, request.model)
+        choices = await collect_choices(streams)
+        lasts = [last for _, last in choices]
+        return choices_response_to_pb(choices, request_id, request.model, combined_usage(lasts),
+                                      combined_timing(lasts))
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         return await self._complete(request, context, current_request_id())
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateChunk]:
         request_id = current_request_id()
-        async for chunk in self._chunks(request, context, request_id):
-            yield chunk_to_pb(chunk, request_id)
+        streams = self._choices(request, context, request_id)
+        if len(streams) == 1:
+            async for chunk in streams[0]:
+                yield chunk_to_pb(chunk, request_id)
+            return
+        pairs = merged(streams)
+        try:
+            async for index, chunk in pairs:
+                out = chunk_to_pb(chunk, request_id)
+                out.index = index
+                yield out
+        finally:
+            await pairs.aclose()  # a client that goes away aborts every choice's engine request
 
     async def _batch_item(self, index: int, request: pb.GenerateRequest, context) -> pb.BatchItemResult:
         request_id = uuid.uuid4().hex  # each item is a request of its own
@@ -105,23 +137,40 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 max_output_tokens=s.model.max_output_tokens,
                 status=MODEL_STATUS_TO_PB[self._health.states[kind]],
                 adapters=self._pipeline.adapters.names(kind),
+                default_sampling=sampling_to_pb(
+                    {**s.model.default_sampling.model_dump(), "max_tokens": s.model.default_max_tokens}
+                ),
             )
             for kind, s in self._config.services.items()
         ]
         return pb.ListModelsResponse(models=models)
 
 
-def usage_to_pb(usage: UsageSnapshot) -> pb.GetUsageResponse:
-    unlimited = -1
-    return pb.GetUsageResponse(
-        tenant=usage.tenant,
-        window_seconds=int(WINDOW_S),
-        requests_in_window=usage.requests,
-        tokens_in_window=usage.tokens,
-        requests_remaining=unlimited if usage.requests_limit is None else max(usage.requests_limit - usage.requests, 0),
-        tokens_remaining=unlimited if usage.tokens_limit is None else max(usage.tokens_limit - usage.tokens, 0),
-        concurrent_streams=usage.concurrent,
-        concurrent_streams_limit=unlimited if usage.concurrent_limit is None else usage.concurrent_limit,
-        reset_in_ms=int(usage.reset_in_s * 1000),
+def _remaining(limit: int | None, used: int) -> int:
+    return -1 if limit is None else max(limit - used, 0)
+
+
+def _window_pb(w: WindowUsage) -> pb.QuotaWindowUsage:
+    return pb.QuotaWindowUsage(
+        window=w.window, window_seconds=int(w.seconds), requests_in_window=w.requests, tokens_in_window=w.tokens,
+        requests_limit=-1 if w.requests_limit is None else w.requests_limit,
+        tokens_limit=-1 if w.tokens_limit is None else w.tokens_limit,
+        requests_remaining=_remaining(w.requests_limit, w.requests),
+        tokens_remaining=_remaining(w.tokens_limit, w.tokens), reset_in_ms=int(w.reset_in_s * 1000),
     )
 
+
+def usage_to_pb(usage: UsageSnapshot) -> pb.GetUsageResponse:
+    minute = usage.windows[0]
+    return pb.GetUsageResponse(
+        tenant=usage.tenant,
+        window_seconds=int(minute.seconds),
+        requests_in_window=minute.requests,
+        tokens_in_window=minute.tokens,
+        requests_remaining=_remaining(minute.requests_limit, minute.requests),
+        tokens_remaining=_remaining(minute.tokens_limit, minute.tokens),
+        concurrent_streams=usage.concurrent,
+        concurrent_streams_limit=-1 if usage.concurrent_limit is None else usage.concurrent_limit,
+        reset_in_ms=int(minute.reset_in_s * 1000),
+        windows=[_window_pb(w) for w in usage.windows],
+    )

@@ -10,8 +10,9 @@ import json
 import math
 
 from gemma_serving.config import SERVICE_MODALITIES, ServiceKind, ServingConfig
+from gemma_serving.engines.sampling import resolve as resolve_sampling
 from gemma_serving.engines.types import AudioPart, GenerationRequest, ImagePart, Sampling, TextPart
-from gemma_serving.errors import InvalidRequest, ModelNotFound
+from gemma_serving.errors import GemmaServingError, InvalidRequest, ModelNotFound
 from gemma_serving.media import inspect_audio, inspect_image
 from gemma_serving.router.adapters import AdapterCatalog
 from gemma_serving.router.validation_options import check_options
@@ -25,6 +26,9 @@ def validate_request(request: GenerationRequest, config: ServingConfig,
     router's adapter catalog, with registered adapters; None checks configured adapters only)."""
     kind = _service(request.model, config)
     _check_messages(request, config)
+    if request.raw_prompt and (len(request.messages) != 1 or len(request.messages[0].parts) != 1
+                               or not isinstance(request.messages[0].parts[0], TextPart)):
+        raise InvalidRequest("a raw prompt is one user message of one text part", field="prompt")
     _check_modalities(request, kind, config)
     check_options(request, kind, config, adapters)
     sampling = _check_sampling(request.sampling, kind, config)
@@ -141,28 +145,12 @@ def _check_modalities(request: GenerationRequest, kind: ServiceKind, config: Ser
 
 def _check_sampling(s: Sampling, kind: ServiceKind, config: ServingConfig) -> Sampling:
     model = config.services[kind].model
-    limits = config.limits
-    max_tokens = model.default_max_tokens if s.max_tokens is None else s.max_tokens
-    if not 1 <= max_tokens <= model.max_output_tokens:
-        raise InvalidRequest(
-            f"sampling.max_tokens must be 1..{model.max_output_tokens} for model {model.name}, got {max_tokens}",
-            field="sampling.max_tokens",
-        )
-    if s.temperature is not None and not (math.isfinite(s.temperature) and 0 <= s.temperature <= 2):
-        raise InvalidRequest(f"sampling.temperature must be 0..2, got {s.temperature}", field="sampling.temperature")
-    if s.top_p is not None and not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
-        raise InvalidRequest(f"sampling.top_p must be in (0, 1], got {s.top_p}", field="sampling.top_p")
-    if s.top_k is not None and s.top_k < 0:
-        raise InvalidRequest(f"sampling.top_k must be >= 0 (0 disables it), got {s.top_k}", field="sampling.top_k")
-    if len(s.stop) > limits.max_stop_sequences:
-        raise InvalidRequest(
-            f"sampling.stop may hold at most {limits.max_stop_sequences} strings, got {len(s.stop)}",
-            field="sampling.stop",
-        )
-    for i, stop in enumerate(s.stop):
-        if not 1 <= len(stop) <= limits.max_stop_chars:
-            raise InvalidRequest(
-                f"sampling.stop[{i}] must be 1..{limits.max_stop_chars} characters, got {len(stop)}",
-                field=f"sampling.stop[{i}]",
-            )
-    return dataclasses.replace(s, max_tokens=max_tokens)
+    resolved = resolve_sampling(s, model.default_sampling, model, config.limits)
+    if resolved.n is not None and resolved.n > 1:
+        # Surfaces split such a request into one per choice (router/choices.py); one that did not would silently
+        # answer with one choice.
+        raise GemmaServingError(f"sampling.n={resolved.n} reached validation; it must be split into choices first")
+    if resolved.top_logprobs and not resolved.logprobs:
+        raise InvalidRequest(f"sampling.top_logprobs needs sampling.logprobs true, got top_logprobs "
+                             f"{resolved.top_logprobs} without it", field="sampling.top_logprobs")
+    return resolved

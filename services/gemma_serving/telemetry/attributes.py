@@ -8,9 +8,7 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as ge
 OPERATION = gen_ai.GEN_AI_OPERATION_NAME
 PROVIDER = gen_ai.GEN_AI_PROVIDER_NAME
 REQUEST_MODEL = gen_ai.GEN_AI_REQUEST_MODEL
-REQUEST_MAX_TOKENS = gen_ai.GEN_AI_REQUEST_MAX_TOKENS
-REQUEST_TEMPERATURE = gen_ai.GEN_AI_REQUEST_TEMPERATURE
-REQUEST_TOP_P = gen_ai.GEN_AI_REQUEST_TOP_P
+# Sampling parameters' keys are declared with the parameters (engines/sampling.py, SamplingParam.span_attribute).
 RESPONSE_ID = gen_ai.GEN_AI_RESPONSE_ID
 RESPONSE_FINISH_REASONS = gen_ai.GEN_AI_RESPONSE_FINISH_REASONS
 USAGE_INPUT_TOKENS = gen_ai.GEN_AI_USAGE_INPUT_TOKENS
