@@ -117,8 +117,8 @@ class OpenAISurface:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream and len(streams) == 1:
             first = await _first_or_error(streams[0])  # errors before the first token become an HTTP error
-            return StreamingResponse(_sse(streams[0], first, request_id, domain.model, include_usage),
-                                     media_type="text/event-stream")
+            events = _chat_events(streams[0], first, request_id, domain.model, include_usage)
+            return StreamingResponse(_sse_text(events, streams[0], request_id), media_type="text/event-stream")
         if body.stream:
             pairs = merged(streams)
             first = await _first_or_error(pairs)
@@ -188,33 +188,23 @@ async def _first_or_error(stream: AsyncIterator[Chunk]) -> Chunk | None:
         return None
 
 
-async def _sse(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: str, model: str,
-               include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chat.completion.chunk format, ending with [DONE]."""
-    try:
-        yield f"data: {oc.chat_chunk(request_id, model, {'role': 'assistant', 'content': ''})}\n\n"
-        chunk = first
-        while chunk is not None:
-            delta: dict = {"content": chunk.text} if chunk.text else {}
-            if chunk.tool_calls:
-                delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(oc.tool_calls_json(chunk.tool_calls))]
-            finish = oc.FINISH[chunk.finish_reason]
-            if delta or finish or chunk.logprobs:
-                event = oc.chat_chunk(request_id, model, delta, finish, timing=chunk.timing, logprobs=chunk.logprobs)
-                yield f"data: {event}\n\n"
-            last, chunk = chunk, await anext(stream, None)
-        if include_usage and first is not None:
-            body = json.loads(oc.chat_chunk(request_id, model, {}, None, oc.usage(last)))
-            body["choices"] = []
-            yield f"data: {json.dumps(body)}\n\n"
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        _, body = error_body(exc, request_id)
-        yield f"data: {json.dumps(body)}\n\n"
-    finally:
-        await stream.aclose()
-    yield "data: [DONE]\n\n"
+async def _chat_events(stream: AsyncIterator[Chunk], first: Chunk | None, request_id: str, model: str,
+                       include_usage: bool) -> AsyncIterator[str]:
+    """One choice's chunks as OpenAI chat.completion.chunk events (JSON), then the usage event if asked for."""
+    yield oc.chat_chunk(request_id, model, {"role": "assistant", "content": ""})
+    chunk = last = first
+    while chunk is not None:
+        delta: dict = {"content": chunk.text} if chunk.text else {}
+        if chunk.tool_calls:
+            delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(oc.tool_calls_json(chunk.tool_calls))]
+        finish = oc.FINISH[chunk.finish_reason]
+        if delta or finish or chunk.logprobs:
+            yield oc.chat_chunk(request_id, model, delta, finish, timing=chunk.timing, logprobs=chunk.logprobs)
+        last, chunk = chunk, await anext(stream, None)
+    if include_usage and first is not None:
+        body = json.loads(oc.chat_chunk(request_id, model, {}, None, oc.usage(last)))
+        body["choices"] = []
+        yield json.dumps(body)
 
 
 async def _indexed(stream: AsyncIterator[Chunk]) -> AsyncIterator[tuple[int, Chunk]]:
