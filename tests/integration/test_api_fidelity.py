@@ -53,14 +53,17 @@ def test_grpc_logprobs_match_the_tokens_and_timing_is_reported(stub):
     assert abs(t.tokens_per_second - reply.usage.completion_tokens / t.generation_seconds) < 1e-3
 
 
-def test_greedy_choices_agree_and_usage_counts_the_prompt_once(oai):
+def test_choices_count_the_prompt_once_and_greedy_choices_are_refused_like_vllm(oai):
+    import openai
+
     one = oai.chat.completions.create(model=MODEL, messages=SEA, max_tokens=10, temperature=0)
-    # ignore_eos fixes each choice's length; the choices run in the same engine steps, so greedy ones agree.
-    two = oai.chat.completions.create(model=MODEL, messages=SEA, max_tokens=10, temperature=0, n=2,
+    # ignore_eos fixes each choice's length; seeds make the sampled choices reproducible.
+    two = oai.chat.completions.create(model=MODEL, messages=SEA, max_tokens=10, temperature=0.8, seed=5, n=2,
                                       extra_body={"ignore_eos": True})
     assert [c.index for c in two.choices] == [0, 1]
-    assert two.choices[0].message.content == two.choices[1].message.content
     assert two.usage.prompt_tokens == one.usage.prompt_tokens and two.usage.completion_tokens == 20
+    with pytest.raises(openai.BadRequestError, match="greedy"):  # vLLM's server refuses it too
+        oai.chat.completions.create(model=MODEL, messages=SEA, max_tokens=10, temperature=0, n=2)
 
 
 def test_completions_send_the_raw_prompt_with_echo_logprobs_and_streaming(oai):

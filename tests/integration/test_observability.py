@@ -41,7 +41,8 @@ def test_client_traceparent_is_continued_by_router_deployment_and_engine(stub, o
     assert a[attr.USAGE_OUTPUT_TOKENS] == reply.usage.completion_tokens
     e = _attrs(engine)
     assert e[attr.USAGE_OUTPUT_TOKENS] == reply.usage.completion_tokens and attr.TIME_TO_FIRST_TOKEN_S in e
-    assert attr.QUEUE_TIME_S in _attrs(dep)
+    # Queue time is the router's measure less the replica's own time (no cross-host clocks): on the router span.
+    assert attr.QUEUE_TIME_S in a
 
 
 def test_prompt_text_never_appears_on_spans(stub, otlp_receiver):

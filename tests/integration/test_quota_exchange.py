@@ -34,7 +34,7 @@ async def test_two_router_replicas_share_one_tenants_limits_through_ray(ray_clus
         for quotas in (a, b):
             with pytest.raises(RateLimited, match="requests_per_minute \\(4\\)"):
                 quotas.admit(TENANT)
-        assert a.usage(TENANT).requests == b.usage(TENANT).requests == 4
+        assert a.usage(TENANT).windows[0].requests == b.usage(TENANT).windows[0].requests == 4
     finally:
         for task in syncs:
             task.cancel()

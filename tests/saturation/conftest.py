@@ -27,9 +27,11 @@ def saturation_config():
                          text_downscale_delay_s=600).model_dump(mode="json")
     del data["services"]["audio"]
     text = data["services"]["text"]
-    # 64 blocks of 32 tokens (one 1024-token request even if the layers form two KV-cache groups): 12 streams of
+    # 64 blocks of 32 tokens, shared by the two KV-cache groups of Gemma 3 (sliding window, full attention): vLLM on
+    # CPU then fits one 480-token request, so max_model_len 448; 12 streams of
     # ~230 tokens cannot all fit.
-    text["model"]["engine"].update(max_model_len=1024, max_num_seqs=12,
+    text["model"].update(max_output_tokens=256, default_max_tokens=64)
+    text["model"]["engine"].update(max_model_len=448, max_num_seqs=12,
                                    extra_args={"block_size": 32, "num_gpu_blocks_override": 64})
     text["deployment"]["autoscaling"].update(policy="engine_saturation",
                                              saturation={"kv_cache_usage": KV_TARGET, "waiting_requests": 1000})

@@ -38,8 +38,9 @@ async def test_64_concurrent_streams_arrive_complete_and_in_order(config):
             assert completion_tokens == n
         deltas = sum(lengths)
         messages = backend.subscriber.messages_received
-        # Deltas of concurrent streams share channel messages (one per engine step, not one per token).
-        assert messages < deltas / 4, (messages, deltas)
+        # Deltas of concurrent streams share channel messages (one per event-loop pass, not one per token; the
+        # FakeEngines' timers are not in step, so fewer share one than vLLM's engine step would).
+        assert messages < deltas / 2, (messages, deltas)
         assert backend.subscriber.open_streams == 0
     finally:
         await channel.close()

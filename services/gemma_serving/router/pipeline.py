@@ -47,6 +47,7 @@ class _Progress:
     waiting: bool = False
     charged: int = 0
     itl: object = None  # the labelled histogram, looked up once per request, not per chunk
+    queue_s: float | None = None
 
 
 class InferencePipeline:
@@ -153,7 +154,8 @@ class InferencePipeline:
             m.waiting.labels(p.service).dec()
             m.ttft.labels(p.service, p.model, p.tenant).observe(at - p.received)
             if chunk.queue_seconds is not None:
-                m.queue.labels(p.service, p.model).observe(max(chunk.queue_seconds, 0.0))
+                p.queue_s = max(chunk.queue_seconds, 0.0)
+                m.queue.labels(p.service, p.model).observe(p.queue_s)
             p.itl = m.itl.labels(p.service, p.model)
         elif chunk.completion_tokens > p.last.completion_tokens:
             # One observation per chunk, averaged over its tokens: no per-token Python work.
@@ -175,6 +177,8 @@ class InferencePipeline:
         last = p.last
         if p.first_at is not None:
             span.set_attribute(attr.TIME_TO_FIRST_TOKEN_S, p.first_at - p.received)
+        if p.queue_s is not None:  # measured by the router (less the replica's own time): no clocks compared
+            span.set_attribute(attr.QUEUE_TIME_S, p.queue_s)
         if last is not None:
             m.prompt_tokens.labels(p.service, p.model, p.tenant).inc(last.prompt_tokens)
             m.completion_tokens.labels(p.service, p.model, p.tenant).inc(last.completion_tokens)
