@@ -25,6 +25,8 @@ def test_each_choice_is_a_request_seeded_like_vllms_child_requests():
     assert choice_requests(single) == (single,)
     with pytest.raises(InvalidRequest, match=r"sampling.n must be 1\.\.8, got 9"):
         choice_requests(_domain(n=9))
+    with pytest.raises(InvalidRequest, match="greedy sampling"):  # as vLLM's server: the choices would be equal
+        choice_requests(_domain(n=2, temperature=0))
 
 
 async def test_grpc_returns_every_choice_and_streams_them_by_index(router):

@@ -170,10 +170,6 @@ def resolve(request: Any, defaults: Any, model: ModelConfig, limits: RequestLimi
         if value is not None:
             check_range(p, value, model, limits)
         values[p.name] = value
-    if (values.get("n") or 1) > 1 and values.get("temperature") == 0:
-        # As vLLM's own server: greedy choices would all be the same text.
-        raise InvalidRequest(f"sampling.n must be 1 when using greedy sampling (temperature 0), got {values['n']}",
-                             field="sampling.n")
     return Sampling(**values)
 
 

@@ -13,6 +13,7 @@ from typing import AsyncIterator
 
 from gemma_serving.engines.sampling import PARAMS_BY_NAME, check_range
 from gemma_serving.engines.types import Chunk, GenerationRequest, ResponseTiming
+from gemma_serving.errors import InvalidRequest
 from gemma_serving.router.pipeline import collect
 
 _INT64 = 2**63
@@ -24,6 +25,9 @@ def choice_requests(request: GenerationRequest) -> tuple[GenerationRequest, ...]
     if n is None or n == 1:
         return (request,)
     check_range(PARAMS_BY_NAME["n"], n, None, None)
+    if request.sampling.temperature == 0:  # as vLLM's own server: greedy choices would all be the same text
+        raise InvalidRequest(f"sampling.n must be 1 when using greedy sampling (temperature 0), got {n}",
+                             field="sampling.n")
     seed = request.sampling.seed
 
     def choice(i: int) -> GenerationRequest:
