@@ -44,7 +44,9 @@ from procstats import ProcessGroups  # noqa: E402
 
 #: Process groups whose CPU is "the serving layer" of each target (engine core excluded), see procstats.py.
 SERVING_GROUPS = {"grpc": ("tokenpath/router", "tokenpath/text"), "openai": ("tokenpath/router", "tokenpath/text"),
-                  "vllm-server": ("vllm-server",), "ray-serve-llm": ("ray-serve-llm",), "engine": ()}
+                  "vllm-server": ("vllm-server",), "engine": (),
+                  # Its ingress and LLMServer replicas (engine core excluded; Serve's HTTP proxy is in ray-system).
+                  "ray-serve-llm": ("ray-serve-llm/",)}
 
 
 def model_config(output_len: int) -> dict[str, Any]:
@@ -86,10 +88,15 @@ def start_ray_serve_llm(model_cfg: dict[str, Any], model_dir: Path) -> str:
         accelerator_config={"kind": "cpu"},
         engine_kwargs={"dtype": e["dtype"], "max_model_len": e["max_model_len"], "max_num_seqs": e["max_num_seqs"],
                        "enforce_eager": e["enforce_eager"], "disable_log_stats": True},
+        log_engine_metrics=False,  # like vLLM's server here: --disable-log-stats
+        # Its default bundle asks for 2 CPUs, more than the 2-core box has free beside the other targets.
+        placement_group_config={"bundles": [{"CPU": 0.25}], "strategy": "PACK"},
         deployment_config={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
         runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": str(e["cpu_kv_cache_gib"])}},
     )
-    serve.run(build_openai_app({"llm_configs": [llm]}), name="ray-serve-llm", route_prefix="/")
+    # Its ingress asks for a whole CPU by default: a fraction, as for our router.
+    app = build_openai_app({"llm_configs": [llm], "ingress_deployment_config": {"ray_actor_options": {"num_cpus": 0.1}}})
+    serve.run(app, name="ray-serve-llm", route_prefix="/")
     return f"http://127.0.0.1:{serve.context._get_global_client().http_config.port}"
 
 
@@ -149,10 +156,15 @@ def main() -> None:
                    help="the platform's deployment.stream_flush_ms (default: the config's)")
     p.add_argument("--with-ray-serve-llm", action="store_true", help="also start Ray Serve LLM's OpenAI app")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "token_path.json")
-    p.add_argument("--replot", action="store_true", help="only redraw the PNG and print the table from --out")
+    p.add_argument("--replot", action="store_true",
+                   help="only recompute the per-token figures and ratios, redraw the PNG and print the table from --out")
     args = p.parse_args()
     if args.replot:
         data = json.loads(args.out.read_text())
+        for step in data["steps"]:
+            step["serving_cpu_ms_per_token"] = report.serving_cpu_per_token(step, SERVING_GROUPS[step["target"]])
+        data["ratios"] = report.ratios(data["steps"])
+        args.out.write_text(json.dumps(data, indent=1))
         report.plot(data, args.out.with_suffix(".png"))
         print(report.markdown(data))
         return

@@ -20,12 +20,18 @@ def label_server(groups, pid: int, name: str) -> None:
         pass
 
 
+def _serving(group: str, serving_groups: tuple[str, ...]) -> bool:
+    """Whether `group` is in the serving layer: named exactly, or under a name ending in "/" (engine excluded)."""
+    return group in serving_groups or (not group.endswith("/engine")
+                                       and any(g.endswith("/") and group.startswith(g) for g in serving_groups))
+
+
 def serving_cpu_per_token(step: dict[str, Any], serving_groups: tuple[str, ...]) -> float | None:
     """CPU ms per output token of the serving layer (the named groups; engine core excluded)."""
     tokens = step.get("output_tokens_total") or 0
     if not tokens or not serving_groups:
         return None
-    cpu = sum(v for g, v in step.get("cpu_s", {}).items() if g in serving_groups)
+    cpu = sum(v for g, v in step.get("cpu_s", {}).items() if _serving(g, serving_groups))
     return round(cpu * 1000 / tokens, 4)
 
 
