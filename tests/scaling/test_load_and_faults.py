@@ -96,7 +96,8 @@ async def test_losing_the_worker_node_of_the_text_replica(view, ray_cluster, stu
                 assert time.monotonic() - removed_at < 300, "text did not recover after losing its node"
                 await asyncio.sleep(1)
         running = await wait_for(lambda: view.running("text") == 1, 300, "text RUNNING again")
-        assert view.nodes_of("text") == {survivor}
+        # The GCS actor table may list the lost node's replica as alive a little longer than Serve counts it.
+        await wait_for(lambda: view.nodes_of("text") == {survivor}, 120, f"text only on {survivor}")
         await streams.stop()
         cut = [s for s in streams.streams if s.code != "OK"]
         assert all(s.code == "UNAVAILABLE" for s in cut), {s.code for s in cut}
