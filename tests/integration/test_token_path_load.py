@@ -26,7 +26,13 @@ def _request(i: int) -> pb.GenerateRequest:
                               sampling=pb.SamplingParams(max_tokens=TOKENS, temperature=0.0, ignore_eos=True))
 
 
+#: Clients start this far apart (64 at once would exceed the integration platform's deliberately small Serve queue,
+#: 16 per router, while the replica's 64 slots are being assigned); all 64 are still in flight together.
+STAGGER_S = 0.005
+
+
 async def _grpc_stream(stub, i: int) -> tuple[str, int, float]:
+    await asyncio.sleep(i * STAGGER_S)
     began, text, tokens = time.monotonic(), [], 0
     async for chunk in stub.GenerateStream(_request(i), timeout=120):
         text.append(chunk.text)
@@ -39,6 +45,7 @@ async def _http_stream(session, url: str, i: int) -> tuple[str, int, float]:
     body = {"model": MODEL, "messages": [{"role": "user", "content": f"Stream {i}: tell me about the sea."}],
             "max_tokens": TOKENS, "temperature": 0, "ignore_eos": True, "stream": True,
             "stream_options": {"include_usage": True}}
+    await asyncio.sleep(i * STAGGER_S)
     began, text, tokens = time.monotonic(), [], 0
     async with session.post(url, json=body) as response:
         assert response.status == 200, await response.text()
