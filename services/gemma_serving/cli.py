@@ -255,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gemma_serving.finetune.ray_job import use_local_ray_token
+
+    use_local_ray_token()  # before anything loads Ray: finetune and the demo join the local cluster
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

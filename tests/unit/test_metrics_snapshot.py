@@ -86,6 +86,10 @@ def test_ray_discovery_file_lists_every_node(tmp_path):
     path.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": ["10.0.0.1:8080", "10.0.0.2:8080"]}]))
     assert snapshot.ray_metrics_urls(path) == ["http://10.0.0.1:8080/metrics", "http://10.0.0.2:8080/metrics"]
     assert snapshot.ray_metrics_urls(tmp_path / "missing.json") == []
+    # No discovery file (Ray without its dashboard): the export ports Ray writes into its session directory.
+    (tmp_path / "session_latest").mkdir()
+    (tmp_path / "session_latest" / "metrics_export_port_abc123").write_text("42749")
+    assert snapshot.ray_metrics_urls(tmp_path / "missing.json") == ["http://127.0.0.1:42749/metrics"]
 
 
 async def test_the_metrics_command_prints_and_writes_the_summary_of_a_running_router(tmp_path, capsys, config):

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from gemma_serving.errors import GemmaServingError
@@ -54,6 +55,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     return asdict(train_adapter(job, progress))
 
 
+#: Where Ray keeps the token of a token-authenticated cluster started on this machine.
+RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def use_local_ray_token() -> None:
+    """Ray 2.60 starts local clusters with token authentication (the token in ~/.ray/auth_token): a driver joining one
+    must say so (RAY_AUTH_MODE=token) before Ray's core library is loaded, or it sends no token and is refused."""
+    if "RAY_AUTH_MODE" not in os.environ and RAY_TOKEN_FILE.is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def cluster_address(address: str | None = None) -> str:
     """Which Ray cluster to join: `address`, else RAY_ADDRESS (set inside a KubeRay RayJob), else the cluster of
     `gemma-serving up` on this machine, else Ray's own discovery ("auto": a `ray start` cluster)."""
@@ -64,6 +76,7 @@ def cluster_address(address: str | None = None) -> str:
 
 def connect(address: str | None = None) -> None:
     """Join the running Ray cluster (see `cluster_address`) unless this process is connected already."""
+    use_local_ray_token()
     import ray
 
     if ray.is_initialized():

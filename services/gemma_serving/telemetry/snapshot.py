@@ -136,8 +136,20 @@ def ray_metrics_urls(discovery_file: Path) -> list[str]:
     try:
         groups = json.loads(discovery_file.read_text())
     except (FileNotFoundError, ValueError):
-        return []
+        return local_ray_metrics_urls(discovery_file.parent / "session_latest")
     return [f"http://{target}/metrics" for group in groups for target in group.get("targets", [])]
+
+
+def local_ray_metrics_urls(session_dir: Path) -> list[str]:
+    """This machine's Ray nodes' metrics export endpoints, from the ports Ray writes into its session directory
+    (`metrics_export_port_<node id>`): the fallback when no dashboard writes the discovery file (`gemma-serving up`
+    starts Ray without one)."""
+    urls = []
+    for port_file in sorted(session_dir.glob("metrics_export_port_*")):
+        port = port_file.read_text().strip()
+        if port.isdigit():
+            urls.append(f"http://127.0.0.1:{port}/metrics")
+    return urls
 
 
 def format_table(summary: dict[str, dict]) -> str:
