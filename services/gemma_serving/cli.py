@@ -150,7 +150,8 @@ def _cmd_demo(args) -> int:
     if not args.no_finetune:
         from gemma_serving.finetune.command import demo_finetune
 
-        demo_finetune(load_config(args.config), args.target, args.max_tokens)
+        demo_finetune(load_config(args.config), connection.target, args.max_tokens,
+                      client_options=connection.client_options())
     return 0
 
 

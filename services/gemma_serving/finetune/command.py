@@ -94,8 +94,10 @@ def finetune_command(args, config: ServingConfig) -> int:
     return 0
 
 
-def demo_finetune(config: ServingConfig, target: str, max_tokens: int, *, use_ray: bool = True) -> None:
-    """The demo's last step: fine-tune the text model on one answer, register it, ask base and adapter."""
+def demo_finetune(config: ServingConfig, target: str, max_tokens: int, *, use_ray: bool = True,
+                  client_options: dict | None = None) -> None:
+    """The demo's last step: fine-tune the text model on one answer, register it, ask base and adapter.
+    `client_options`: how to reach the router (TLS, key), as the demo's other requests do."""
     from gemma_serving.client import GemmaClient, message
 
     served = text_model(config, None)
@@ -111,7 +113,7 @@ def demo_finetune(config: ServingConfig, target: str, max_tokens: int, *, use_ra
         overrides=list(DEMO_OVERRIDES)), overwrite=True)
     train(job, use_ray=use_ray)
     question = [message(DEMO_PROMPTS[0])]
-    with GemmaClient(target) as client:
+    with GemmaClient(target, **(client_options or {})) as client:
         entry = client.register_adapter(served.name, DEMO_ADAPTER, job.output, replace=True)
         print(f"--- registered adapter {entry.name} live (no restart); asking \"{DEMO_PROMPTS[0]}\" greedily:")
         base = client.generate(served.name, question, max_tokens=max_tokens, temperature=0.0)
