@@ -91,6 +91,7 @@ async def router(config):
     yield pb_grpc.InferenceStub(channel), backend
     await channel.close()
     await router.drain_and_stop(0)
+    await backend.subscriber.stop()
 
 
 @pytest.fixture
@@ -98,15 +99,16 @@ async def make_router():
     """Start routers with custom config overrides (FakeEngines behind); stopped at teardown."""
     started = []
 
-    async def start(overrides: dict, *, step_delay_s: float = 0.005):
+    async def start(overrides: dict, *, step_delay_s: float = 0.005, merge_late: bool = False):
         router, backend = await start_router(parse_config({**CONFIG, **overrides}),
-                                             lambda: FakeEngine(step_delay_s=step_delay_s))
-        started.append(router)
+                                             lambda: FakeEngine(step_delay_s=step_delay_s, merge_late=merge_late))
+        started.append((router, backend))
         return router, backend
 
     yield start
-    for router in started:
+    for router, backend in started:
         await router.drain_and_stop(0)
+        await backend.subscriber.stop()
 
 
 @pytest.fixture

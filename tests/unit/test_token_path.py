@@ -57,7 +57,8 @@ async def test_a_stream_shows_its_first_token_at_once_with_a_flush_window(make_r
     window = {"text": {"model": {"name": "text-model", "source": "/m/t", "max_output_tokens": 100,
                                  "default_max_tokens": 64},
                        "deployment": {"stream_flush_ms": 200}}}
-    router, backend = await make_router({"services": window}, step_delay_s=0.01)
+    # merge_late: the engine keeps generating while the stream is paced, as vLLM does.
+    router, backend = await make_router({"services": window}, step_delay_s=0.01, merge_late=True)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
         stub = pb_grpc.InferenceStub(channel)
         began = time.monotonic()

@@ -13,8 +13,11 @@ class FakeEngine:
     """Emits ` word{i}` tokens (or the characters of `script`); records aborts so tests can check cancellation
     reached the engine, and the requests it saw."""
 
-    def __init__(self, *, step_delay_s: float = 0.0, script: str | None = None) -> None:
+    def __init__(self, *, step_delay_s: float = 0.0, script: str | None = None, merge_late: bool = False) -> None:
         self.step_delay_s = step_delay_s
+        #: Model vLLM's engine clock: tokens are produced every step whether or not the consumer pulls, and a late
+        #: pull gets every token produced meanwhile merged (off: one token per pull, for exact chunk counts).
+        self.merge_late = merge_late
         self.script = script
         self.seen: list[GenerationRequest] = []
         self.started = False
@@ -40,10 +43,10 @@ class FakeEngine:
             done = 0
             while done < n:
                 await asyncio.sleep(self.step_delay_s)
-                # Tokens come on the engine's own clock, as in vLLM: a consumer that pulls late gets every token
-                # generated meanwhile merged into one delta (vLLM's output collector merges DELTA outputs).
+                # With merge_late, tokens come on the engine's own clock, as in vLLM: a consumer that pulls late gets
+                # every token generated meanwhile merged into one delta (vLLM's output collector merges DELTA outputs).
                 ready = done + 1
-                if self.step_delay_s > 0:
+                if self.merge_late and self.step_delay_s > 0:
                     ready = max(ready, min(n, int((loop.time() - began) / self.step_delay_s)))
                 tokens = [self.script[i] if self.script is not None else f" word{i}" for i in range(done, ready)]
                 top = request.sampling.top_logprobs or 0
