@@ -51,8 +51,6 @@ async def test_closing_early_closes_the_source():
 
 
 async def test_deadline_closes_the_source_and_raises_deadline_exceeded():
-    import time
-
     from gemma_serving.errors import DeadlineExceeded
 
     closed, seen = [], []
@@ -63,8 +61,6 @@ async def test_deadline_closes_the_source_and_raises_deadline_exceeded():
 
 
 async def test_past_deadline_fails_before_any_output():
-    import time
-
     from gemma_serving.errors import DeadlineExceeded
 
     closed = []

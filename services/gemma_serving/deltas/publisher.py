@@ -34,7 +34,6 @@ class DeltaPublisher:
         self._sockets: OrderedDict[str, zmq.Socket] = OrderedDict()
         self._batches: dict[str, list[Delta]] = {}
         self._soon = False
-        self.messages_sent = 0
 
     def sink(self, address: str, stream: int) -> StreamSink:
         """The sender of one request's deltas."""
@@ -56,7 +55,6 @@ class DeltaPublisher:
         for address, batch in batches.items():
             try:
                 self._socket(address).send(ENCODER.encode(batch), zmq.NOBLOCK)
-                self.messages_sent += 1
             except zmq.ZMQError as exc:  # zmq.Again: that router stopped reading; its calls fail on their own
                 log.warning("could not send %d deltas to router %s: %s", len(batch), address, exc)
 

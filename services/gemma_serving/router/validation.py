@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 
 from gemma_serving.config import SERVICE_MODALITIES, ServiceKind, ServingConfig
 from gemma_serving.engines.sampling import resolve as resolve_sampling
