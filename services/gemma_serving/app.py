@@ -12,7 +12,7 @@ from ray import serve
 from ray.serve import Application
 
 from gemma_serving.config import ServiceConfig, ServiceKind, ServingConfig, load_config, parse_config
-from gemma_serving.deployments.autoscaling import policy_option
+from gemma_serving.deployments.autoscaling import ongoing_policy_option, policy_option
 from gemma_serving.deployments.modality import ModalityDeployment, resolve_checkpoint, vllm_engine_factory
 from gemma_serving.router.server import RouterDeployment
 
@@ -40,6 +40,8 @@ def deployment_options(kind: ServiceKind, service: ServiceConfig) -> dict[str, A
     }
     if a.policy == "engine_saturation":
         autoscaling["policy"] = policy_option(a.saturation)
+    elif d.direct_calls:  # Serve's default policy, with the direct calls it does not see counted
+        autoscaling["policy"] = ongoing_policy_option()
     return {
         "name": f"{kind.value}",
         "max_ongoing_requests": d.max_ongoing_requests,

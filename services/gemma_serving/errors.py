@@ -90,6 +90,11 @@ class ReplicaGone(GemmaServingError):
     http_status = 503
 
 
+class CallRefused(ReplicaGone):
+    """A replica did not take a direct call (at max_ongoing_requests, or draining): the router sends the request
+    through Serve instead. Never reaches a client unless that fails too (then UNAVAILABLE, as ReplicaGone)."""
+
+
 class DeadlineExceeded(GemmaServingError):
     grpc_code = "DEADLINE_EXCEEDED"
     http_status = 504

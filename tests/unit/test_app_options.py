@@ -19,8 +19,15 @@ def test_autoscaling_and_concurrency_come_from_config():
     assert opts["autoscaling_config"] == {
         "min_replicas": 0, "initial_replicas": 0, "max_replicas": 4, "target_ongoing_requests": 2,
         "upscale_delay_s": 1, "downscale_delay_s": 5,
+        # Serve's default policy, with the direct calls Serve does not see counted (deltas/calls.py)
+        "policy": {"policy_function": "gemma_serving.deployments.autoscaling:OngoingRequestsPolicy"},
     }
     assert (opts["max_ongoing_requests"], opts["max_queued_requests"]) == (16, 32)
+
+
+def test_without_direct_calls_serve_keeps_its_default_policy():
+    opts = deployment_options(ServiceKind.TEXT, service(direct_calls=False))
+    assert "policy" not in opts["autoscaling_config"]
 
 
 def test_text_starts_with_at_least_one_replica():

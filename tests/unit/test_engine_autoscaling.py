@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 from gemma_serving.app import deployment_options
 from gemma_serving.config import ServiceConfig, ServiceKind
-from gemma_serving.deployments.autoscaling import KV_CACHE_USAGE, WAITING, EngineSaturationPolicy
+from gemma_serving.deployments.autoscaling import (
+    DIRECT_IN_FLIGHT,
+    KV_CACHE_USAGE,
+    WAITING,
+    EngineSaturationPolicy,
+    OngoingRequestsPolicy,
+)
 from gemma_serving.engines.engine_load import EngineLoadTracker
 from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
@@ -36,8 +42,11 @@ def context(kv: list[float] | None, waiting: list[float] | None = None, *, ongoi
     )
 
 
-def test_default_is_serves_ongoing_requests_policy():
-    assert "policy" not in deployment_options(ServiceKind.TEXT, service())["autoscaling_config"]
+def test_default_is_serves_ongoing_requests_policy_with_direct_calls_counted():
+    opts = deployment_options(ServiceKind.TEXT, service())
+    policy = opts["autoscaling_config"]["policy"]
+    assert AutoscalingConfig(**opts["autoscaling_config"]).policy.get_policy().__name__ == "OngoingRequestsPolicy"
+    assert "policy_kwargs" not in policy
 
 
 def test_engine_saturation_becomes_a_serve_policy_that_serve_accepts_and_resolves():
@@ -75,3 +84,20 @@ def test_load_tracker_reports_the_metric_names_the_policy_reads():
     tracker.update(running=3, waiting=5, kv_cache_usage=0.7)
     stats = tracker.latest.as_stats()
     assert stats[KV_CACHE_USAGE] == 0.7 and stats[WAITING] == 5.0 and stats["running"] == 3.0
+
+
+def test_direct_calls_count_as_ongoing_requests():
+    # 8 ongoing at Serve's handles + 24 direct calls the replicas report, target 8 on 2 replicas -> 4 replicas.
+    ctx = context(None, ongoing=8, replicas=2)
+    ctx.aggregated_metrics[DIRECT_IN_FLIGHT] = {r: 12.0 for r in ctx.running_replicas}
+    desired, _ = OngoingRequestsPolicy()(ctx)
+    assert desired == pytest.approx(4.0)
+    # Without them Serve's count alone: 8 / 8 -> 1 replica.
+    assert OngoingRequestsPolicy()(context(None, ongoing=8, replicas=2))[0] == pytest.approx(1.0)
+
+
+def test_engine_saturation_fallback_counts_direct_calls_too():
+    ctx = context(None, ongoing=0, replicas=2)
+    ctx.aggregated_metrics[DIRECT_IN_FLIGHT] = {r: 16.0 for r in ctx.running_replicas}
+    desired, _ = EngineSaturationPolicy()(ctx)
+    assert desired == pytest.approx(4.0)

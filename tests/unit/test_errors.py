@@ -16,6 +16,7 @@ TABLE = [
     (errors.NotReady, grpc.StatusCode.UNAVAILABLE, 503),
     (errors.EngineDead, grpc.StatusCode.UNAVAILABLE, 503),
     (errors.ReplicaGone, grpc.StatusCode.UNAVAILABLE, 503),
+    (errors.CallRefused, grpc.StatusCode.UNAVAILABLE, 503),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
     (errors.UnsupportedModality, grpc.StatusCode.UNIMPLEMENTED, 501),
     (errors.PolicyViolation, grpc.StatusCode.FAILED_PRECONDITION, 400),

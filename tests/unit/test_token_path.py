@@ -4,6 +4,7 @@ arrive complete and in order under concurrency, and one channel message carries 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import message
@@ -47,20 +48,29 @@ async def test_64_concurrent_streams_arrive_complete_and_in_order(config):
         await router.drain_and_stop(0)
 
 
+async def _paced_router(make_router, *, flush_ms: float, step_delay_s: float):
+    """A router over FakeEngines that, like vLLM, keep generating while a stream is paced (merge_late)."""
+    window = {"text": {"model": {"name": "text-model", "source": "/m/t", "max_output_tokens": 100,
+                                 "default_max_tokens": 64},
+                       "deployment": {"stream_flush_ms": flush_ms}}}
+    return await make_router({"services": window}, step_delay_s=step_delay_s, merge_late=True)
+
+
+@contextlib.asynccontextmanager
+async def _channel(router):
+    import grpc
+    from gemma_serving.api import inference_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
+        yield pb_grpc.InferenceStub(channel)
+
+
 async def test_a_stream_shows_its_first_token_at_once_with_a_flush_window(make_router):
     """stream_flush_ms holds later deltas to merge them, never the first one."""
     import time
 
-    import grpc
-    from gemma_serving.api import inference_pb2_grpc as pb_grpc
-
-    window = {"text": {"model": {"name": "text-model", "source": "/m/t", "max_output_tokens": 100,
-                                 "default_max_tokens": 64},
-                       "deployment": {"stream_flush_ms": 200}}}
-    # merge_late: the engine keeps generating while the stream is paced, as vLLM does.
-    router, backend = await make_router({"services": window}, step_delay_s=0.01, merge_late=True)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{router.port}") as channel:
-        stub = pb_grpc.InferenceStub(channel)
+    router, _backend = await _paced_router(make_router, flush_ms=200, step_delay_s=0.01)
+    async with _channel(router) as stub:
         began = time.monotonic()
         stream = stub.GenerateStream(pb.GenerateRequest(model="text-model", messages=[message("hi")],
                                                         sampling=pb.SamplingParams(max_tokens=40)))
@@ -69,3 +79,19 @@ async def test_a_stream_shows_its_first_token_at_once_with_a_flush_window(make_r
         rest = [c async for c in stream]
     # 39 more tokens over ~0.4 s in a 200 ms window: a few merged chunks, nothing lost.
     assert len(rest) <= 5 and "".join(c.text for c in rest) == "".join(f" word{k}" for k in range(1, 40))
+
+
+async def test_paced_streams_wake_on_one_tick_and_share_channel_messages(make_router):
+    """With a flush window, every stream of a replica is pulled on the same tick: their deltas leave together."""
+    router, backend = await _paced_router(make_router, flush_ms=50, step_delay_s=0.005)
+    async with _channel(router) as stub:
+
+        async def staggered(i: int):
+            await asyncio.sleep(i * 0.006)  # out of phase: each stream's own window would tick at its own time
+            return await _stream_text(stub, i, 60)
+
+        results = await asyncio.gather(*(staggered(i) for i in range(8)))
+    assert all(text == "".join(f" word{k}" for k in range(60)) for text, _, _ in results)
+    # 8 streams x ~0.3 s at 50 ms ticks: each stream's first delta alone, then ~7 ticks shared by all 8 streams
+    # (windows of their own would send ~8 x 7 messages).
+    assert backend.subscriber.messages_received <= 8 + 16, backend.subscriber.messages_received

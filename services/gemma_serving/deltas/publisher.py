@@ -9,7 +9,7 @@ from collections import OrderedDict
 
 import zmq
 
-from gemma_serving.deltas.wire import ENCODER, Delta
+from gemma_serving.deltas.wire import ENCODER, Delta, error_fields
 from gemma_serving.engines.types import Chunk
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,13 @@ class StreamSink:
         self._sent = True
         self._counts = (chunk.prompt_tokens, chunk.completion_tokens)
         self._publisher.put(self._address, delta)
+
+    def fail(self, error: BaseException) -> None:
+        """End the stream with `error` (a direct call's failure: deltas/calls.py)."""
+        if not self._ended:
+            self._ended = True
+            self._publisher.put(self._address, Delta(self._stream, "", *self._counts, end=True,
+                                                     error=error_fields(error)))
 
     def end(self) -> None:
         """Mark the stream complete (a no-op when its last chunk already carried a finish reason)."""

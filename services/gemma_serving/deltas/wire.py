@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from gemma_serving.engines.types import Chunk, FinishReason, TokenLogprob
+from gemma_serving.errors import GemmaServingError, InternalError
 
 
 class Delta(msgspec.Struct, array_like=True, gc=False):
@@ -27,9 +28,34 @@ class Delta(msgspec.Struct, array_like=True, gc=False):
     end: bool = False
     #: With sampling.logprobs: (token, logprob, ((alternative, logprob), ...)) per token of `text`.
     logprobs: list[tuple[str, float, list[tuple[str, float]]]] | None = None
+    #: A call that failed on the replica (direct calls, deltas/calls.py): (error class name, message, field,
+    #: retry_after_s) of a platform error; the stream's last delta.
+    error: tuple[str, str, str | None, float | None] | None = None
 
 
 ENCODER = msgspec.msgpack.Encoder()
+
+
+def error_fields(exc: BaseException) -> tuple[str, str, str | None, float | None]:
+    """What a replica sends of a failed call: a platform error's class and details; anything else is internal
+    (its text stays in the replica's log, never on the wire)."""
+    if isinstance(exc, GemmaServingError):
+        return type(exc).__name__, exc.message, exc.field, exc.retry_after_s
+    return InternalError.__name__, "the service failed to generate a response", None, None
+
+
+def error_from_fields(fields: tuple[str, str, str | None, float | None]) -> GemmaServingError:
+    """The platform error a failed call's delta stands for (InternalError for a class this side does not know)."""
+    name, message, field, retry_after_s = fields
+    cls = _ERROR_CLASSES.get(name, InternalError)
+    return cls(message, field=field, retry_after_s=retry_after_s)
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls] + [s for sub in cls.__subclasses__() for s in _subclasses(sub)]
+
+
+_ERROR_CLASSES = {c.__name__: c for c in _subclasses(GemmaServingError)}
 
 
 def decoder() -> msgspec.msgpack.Decoder:

@@ -7,6 +7,10 @@ to how far the busiest signal is above its target, the way Serve's default polic
 then applies min/max replicas and the upscale/downscale delays (`_apply_autoscaling_config` wraps every policy).
 
 Config: `deployment.autoscaling.policy: engine_saturation` with `saturation: {kv_cache_usage, waiting_requests}`.
+
+Direct calls (deltas/calls.py) reach replicas without a Serve handle call, so Serve's own count of ongoing requests
+misses them: each replica reports its direct calls in flight (`direct_in_flight`) and both policies here add them to
+Serve's count (`OngoingRequestsPolicy` is Serve's default policy over that sum).
 """
 
 from __future__ import annotations
@@ -14,15 +18,38 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import copy
+
 from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingContext
 
 #: The custom metric names a replica reports (EngineLoad.as_stats).
 KV_CACHE_USAGE = "kv_cache_usage"
 WAITING = "waiting"
+#: Direct calls in flight on a replica (ModalityDeployment.record_autoscaling_stats).
+DIRECT_IN_FLIGHT = "direct_in_flight"
 
-#: Import path of the policy class, as Serve's AutoscalingPolicy.policy_function takes it.
+#: Import paths of the policy classes, as Serve's AutoscalingPolicy.policy_function takes them.
 POLICY_PATH = "gemma_serving.deployments.autoscaling:EngineSaturationPolicy"
+ONGOING_POLICY_PATH = "gemma_serving.deployments.autoscaling:OngoingRequestsPolicy"
+
+
+def with_direct_calls(ctx: AutoscalingContext) -> AutoscalingContext:
+    """`ctx` with the replicas' direct calls in flight added to Serve's ongoing requests."""
+    direct = (ctx.aggregated_metrics or {}).get(DIRECT_IN_FLIGHT, {})
+    extra = sum(direct.get(r, 0.0) for r in ctx.running_replicas)
+    if not extra:
+        return ctx
+    out = copy.copy(ctx)
+    out.__dict__["total_num_requests"] = ctx.total_num_requests + extra  # overrides the cached property
+    return out
+
+
+class OngoingRequestsPolicy:
+    """Serve's default policy (ongoing requests against target_ongoing_requests), direct calls counted."""
+
+    def __call__(self, ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
+        return replica_queue_length_autoscaling_policy(with_direct_calls(ctx))
 
 
 class EngineSaturationPolicy:
@@ -42,13 +69,18 @@ class EngineSaturationPolicy:
         kv = metrics.get(KV_CACHE_USAGE, {})
         reporting = [r for r in ctx.running_replicas if r in kv]
         if ctx.current_num_replicas == 0 or not reporting:
-            return replica_queue_length_autoscaling_policy(ctx)
+            return replica_queue_length_autoscaling_policy(with_direct_calls(ctx))
         mean_kv = sum(kv[r] for r in reporting) / len(reporting)
         waiting = sum(metrics.get(WAITING, {}).get(r, 0.0) for r in reporting) + (ctx.total_queued_requests or 0.0)
         ratio = max(mean_kv / self.target_kv_cache_usage,
                     waiting / ctx.current_num_replicas / self.target_waiting_requests)
         desired = ctx.current_num_replicas * ratio
         return (desired if math.isfinite(desired) else ctx.current_num_replicas), {}
+
+
+def ongoing_policy_option() -> dict[str, Any]:
+    """The `autoscaling_config.policy` Serve option for ongoing requests with direct calls counted."""
+    return {"policy_function": ONGOING_POLICY_PATH}
 
 
 def policy_option(targets: Any) -> dict[str, Any]:

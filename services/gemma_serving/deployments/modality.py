@@ -20,7 +20,9 @@ from opentelemetry.trace import Status, StatusCode
 
 from gemma_serving.adapter_registry import AdapterRegistry
 from gemma_serving.config import SERVICE_MODALITIES, ModelConfig, ServiceConfig, ServiceKind, TelemetrySettings
-from gemma_serving.deltas.publisher import DeltaPublisher
+from gemma_serving.deltas.publisher import DeltaPublisher, StreamSink
+from gemma_serving.deployments.autoscaling import DIRECT_IN_FLIGHT
+from gemma_serving.deployments.direct_calls import DirectCalls
 from gemma_serving.deployments.engine_metrics import attach_engine_metrics
 from gemma_serving.deployments.health_probe import PROBE_REQUEST_PREFIX, EngineProbe, ProbeReport, ProbeVerdict
 from gemma_serving.deployments.streaming import coalesce
@@ -42,6 +44,9 @@ from gemma_serving.telemetry.tracing import build_tracer_provider, extract, inje
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[ServiceKind, ModelConfig, Path], Engine]
+
+#: How long a stopping replica waits for its direct calls in flight (within Serve's graceful_shutdown_timeout_s, 30).
+DIRECT_DRAIN_S = 25.0
 
 
 def vllm_engine_factory(kind: ServiceKind, model: ModelConfig, path: Path) -> Engine:
@@ -119,6 +124,10 @@ class ModalityDeployment:
         self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
         self._publisher = DeltaPublisher()
         self._stream_flush_s = self.config.deployment.stream_flush_ms / 1000
+        self._direct = None
+        if self.config.deployment.direct_calls:
+            self._direct = await DirectCalls.in_replica(self.kind.value, self.stream_into, self._publisher,
+                                                        self._admits_direct_call)
 
     async def generate_into(self, request: GenerationRequest, request_id: str, address: str, stream: int) -> None:
         """The router's call: push the request's chunks to router `address`, stream `stream`, over the delta
@@ -127,16 +136,26 @@ class ModalityDeployment:
         The call stays open for the request's life, so Serve counts it (autoscaling, backpressure); cancelling it
         (client gone, deadline) closes the engine stream, which aborts the request in the engine.
         """
-        sink = self._publisher.sink(address, stream)
+        await self.stream_into(self._publisher.sink(address, stream), request, request_id)
+
+    async def stream_into(self, sink: StreamSink, request: GenerationRequest, request_id: str) -> None:
+        """Send the request's chunks to `sink` and end it (a Serve call's or a direct call's stream)."""
         pace = self._stream_flush_s
+        clock = asyncio.get_running_loop().time
         async with asyncio.timeout(request.budget_s):  # a backstop: the router enforces the deadline itself
             async for chunk in self._engine_chunks(request, request_id):
                 sink.send(chunk)
                 if pace and chunk.finish_reason is None:
                     # Adaptive coalescing: the first delta went at once; the engine keeps generating while this
                     # stream waits, and vLLM merges its deltas meanwhile, so the next pull gets them all in one.
-                    await asyncio.sleep(pace)
+                    # Every stream wakes on the same tick (the next multiple of the window on the loop clock), so
+                    # all streams' pulls land in one event-loop pass and leave in one channel message per router.
+                    await asyncio.sleep(pace - clock() % pace)
         sink.end()
+
+    def _admits_direct_call(self) -> bool:
+        """Room for one more request on the engine (Serve-routed ones count too)."""
+        return len(getattr(self.engine, "in_flight", ())) < self.config.deployment.max_ongoing_requests
 
     async def generate(self, request: GenerationRequest, request_id: str) -> AsyncIterator[Chunk]:
         """Stream chunks as Ray streaming items (for callers inside the Serve app that hold a streaming handle;
@@ -180,6 +199,7 @@ class ModalityDeployment:
             # User requests only: a health probe generation in flight is not one.
             "in_flight": sum(not r.startswith(PROBE_REQUEST_PREFIX) for r in getattr(self.engine, "in_flight", ())),
             "engine_load": await self.record_autoscaling_stats(),
+            "direct_calls": self._direct.describe() if getattr(self, "_direct", None) is not None else None,
             "adapters": {"loaded": sorted(getattr(self, "loaded_adapters", ())),
                          "loads": dict(getattr(self, "adapter_loads", {})),
                          "multiplexing": "local" if isinstance(getattr(self, "_load_adapter", None),
@@ -258,12 +278,20 @@ class ModalityDeployment:
         its last step (read by deployments/autoscaling.py); empty until the engine has stepped."""
         load = getattr(self.engine, "load", None)
         current = load() if load is not None else None
-        return current.as_stats() if current is not None else {}
+        stats = current.as_stats() if current is not None else {}
+        direct = getattr(self, "_direct", None)
+        if direct is not None:
+            stats[DIRECT_IN_FLIGHT] = float(direct.in_flight)
+        return stats
 
     async def __del__(self) -> None:
         memory_sampling = getattr(self, "_memory_sampling", None)
         if memory_sampling is not None:
             memory_sampling.cancel()
+        direct = getattr(self, "_direct", None)
+        if direct is not None:  # Serve drained its own calls already; the direct ones finish now (bounded)
+            await direct.drain(DIRECT_DRAIN_S)
+            direct.close()
         probe = getattr(self, "_probe", None)
         if probe is not None:
             probe.stop()

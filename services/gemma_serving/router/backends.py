@@ -1,9 +1,13 @@
-"""How the router reaches the modality services: one Serve handle call per request, deltas over the channel.
+"""How the router reaches the modality services: a direct call or a Serve handle call per request, deltas over the
+channel.
 
-The control path is a plain (unary) Ray Serve handle call that stays open for the request's whole life: Serve counts
-it for autoscaling and backpressure, cancelling it aborts the engine request, a dead replica fails it. The token path
-is the delta channel (`gemma_serving.deltas`): the replica pushes the request's deltas, batched with every other
-request's of the same engine step, to this router's subscriber. `relay_deltas` joins the two.
+The control path is a direct call where a replica with room is known (`deltas/calls.py`, `router/direct_routes.py`:
+a signed ZeroMQ message to a replica the router chose), else a plain (unary) Ray Serve handle call that stays open
+for the request's whole life: Serve counts it for autoscaling and backpressure, cancelling it aborts the engine
+request, a dead replica fails it. A direct call keeps the same guarantees its own way: cancelling it sends CANCEL,
+a replica that refuses it (full, draining) sends the request through Serve, a replica whose connection drops fails
+it. The token path is the delta channel (`gemma_serving.deltas`): the replica pushes the request's deltas, batched
+with every other request's of the same engine step, to this router's subscriber; `_Relay` joins the two.
 
 Ray failures are translated into the platform's errors here, so the servicer sees one exception hierarchy. Three
 replica-lifecycle rules live here too:
@@ -23,9 +27,10 @@ from typing import Any, Awaitable, Protocol
 
 from gemma_serving.config import ServiceKind
 from gemma_serving.deltas.subscriber import DeltaSubscriber
-from gemma_serving.deltas.wire import merge
+from gemma_serving.deltas.wire import error_from_fields, merge
 from gemma_serving.engines.types import Chunk, GenerationRequest
 from gemma_serving.errors import (
+    CallRefused,
     DeadlineExceeded,
     EngineDead,
     GemmaServingError,
@@ -81,6 +86,8 @@ class PendingCall(Protocol):
 
 #: Starts `generate_into(request, request_id, address, stream)` on a replica of the service `kind`.
 CallStarter = Callable[[ServiceKind, GenerationRequest, str, str, int], PendingCall]
+#: Starts the same as a direct call (router/direct_routes.py), or returns None: then it goes through `CallStarter`.
+DirectStarter = Callable[[ServiceKind, GenerationRequest, str, str, int], "PendingCall | None"]
 
 #: Why an inbox was interrupted (besides deltas arriving).
 _CALL_DONE, _DEADLINE, _NO_REPLICA, _TAIL_LOST = "call done", "deadline", "no replica", "tail lost"
@@ -100,8 +107,10 @@ class DeltaChannelBackend:
         max_wait_for_replica_s: dict[ServiceKind, float] | None = None,
         on_retry: Callable[[ServiceKind], None] | None = None,
         translate: Callable[[BaseException], BaseException] = lambda exc: exc,
+        start_direct: DirectStarter | None = None,
     ) -> None:
         self._start = start_call
+        self._start_direct = start_direct
         self._subscriber = subscriber
         self._probe = probe
         self._max_wait = max_wait_for_replica_s or {}
@@ -119,8 +128,9 @@ class DeltaChannelBackend:
         began = loop.time()
         deadline = began + request.budget_s if request.budget_s is not None else float("inf")
         wait_until = began + self._max_wait.get(kind, float("inf"))
-        for attempt in (1, 2):
-            relay = _Relay(self, kind, request, request_id, deadline, wait_until)
+        retried, direct = False, self._start_direct is not None
+        while True:
+            relay = _Relay(self, kind, request, request_id, deadline, wait_until, direct)
             try:
                 async for chunk in relay.run():
                     yield chunk
@@ -129,10 +139,16 @@ class DeltaChannelBackend:
                 raise
             except Exception as exc:
                 error = self._translate(exc)
-                if attempt == 1 and not relay.produced and isinstance(error, RETRYABLE):
+                if relay.produced:
+                    raise error from None
+                direct = False  # whatever went wrong, the next attempt is Serve's to route
+                if relay.went_direct and isinstance(error, CallRefused):
+                    continue  # the replica was full or draining: Serve queues the request (not a retry)
+                if not retried and isinstance(error, RETRYABLE):
                     log.warning("%s replica lost before the first output of %s; retrying once", kind.value,
                                 request_id)
                     self._on_retry(kind)
+                    retried = True
                     continue
                 raise error from None
 
@@ -141,16 +157,24 @@ class _Relay:
     """One attempt: start the replica call, relay its deltas, turn timeouts and call failures into errors."""
 
     def __init__(self, backend: DeltaChannelBackend, kind: ServiceKind, request: GenerationRequest, request_id: str,
-                 deadline: float, wait_until: float) -> None:
+                 deadline: float, wait_until: float, direct: bool) -> None:
         self._b, self._kind, self._request, self._request_id = backend, kind, request, request_id
         self._deadline, self._wait_until = deadline, wait_until
-        self.produced = False
+        self._direct = direct
+        self.produced = self.went_direct = False
+
+    def _start_call(self, stream: int) -> PendingCall:
+        b = self._b
+        args = (self._kind, self._request, self._request_id, b._subscriber.address, stream)
+        call = b._start_direct(*args) if self._direct else None
+        self.went_direct = call is not None
+        return call if call is not None else b._start(*args)
 
     async def run(self) -> AsyncIterator[Chunk]:
         b, loop = self._b, asyncio.get_running_loop()
         inbox = b._subscriber.open()
         sent = loop.time()
-        call = b._start(self._kind, self._request, self._request_id, b._subscriber.address, inbox.stream)
+        call = self._start_call(inbox.stream)
         waiter = asyncio.ensure_future(call)
         waiter.add_done_callback(lambda _: inbox.interrupt(_CALL_DONE))
         first_until = min(self._deadline, self._wait_until)
@@ -159,6 +183,13 @@ class _Relay:
         try:
             while True:
                 deltas = await inbox.take()
+                failed = deltas[-1].error if deltas else None
+                if failed is not None:  # a direct call's failure: its last delta (text before it still counts)
+                    finished = True  # the replica has stopped: nothing to cancel
+                    if len(deltas) > 1:
+                        self.produced = True
+                        yield merge(deltas[:-1])
+                    raise error_from_fields(failed)
                 if deltas:
                     if self.produced and len(deltas) == 1 and _bare_end(deltas[0]):
                         finished = True  # the end of a stream whose last chunk had no finish reason
@@ -202,10 +233,20 @@ class _Relay:
         finally:
             timer.cancel()
             b._subscriber.close(inbox)
-            if not finished and not waiter.done():
-                # Cancelling the call aborts the engine request (or drops it from Serve's queue).
-                call.cancel()
-                waiter.cancel()
+            if not waiter.done():
+                if finished:
+                    _settle(call)
+                else:
+                    # Cancelling the call aborts the engine request (or drops it from Serve's queue).
+                    call.cancel()
+                    waiter.cancel()
+
+
+def _settle(call: PendingCall) -> None:
+    """A finished stream's call: a direct call ends with its stream; a Serve call returns on its own."""
+    finish = getattr(call, "finish", None)
+    if finish is not None:
+        finish()
 
 
 def _bare_end(delta) -> bool:
@@ -232,13 +273,14 @@ class ServeHandleBackend(DeltaChannelBackend):
         *,
         max_wait_for_replica_s: dict[ServiceKind, float] | None = None,
         on_retry: Callable[[ServiceKind], None] | None = None,
+        direct: DirectStarter | None = None,
     ) -> None:
         self._handles = {ServiceKind(k): h for k, h in handles.items()}
         #: Handles that carry a LoRA adapter as Serve's multiplexed model id, by (service, adapter).
         self._adapter_handles: dict[tuple[ServiceKind, str], Any] = {}
         super().__init__(self._start_call, subscriber, probe=self._check_health,
                          max_wait_for_replica_s=max_wait_for_replica_s, on_retry=on_retry,
-                         translate=translate_ray_error)
+                         translate=translate_ray_error, start_direct=direct)
 
     async def _check_health(self, kind: ServiceKind) -> dict | None:
         # The replica times its probe generations on its engine in the background: this call never waits for one

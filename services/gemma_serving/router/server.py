@@ -23,9 +23,11 @@ from gemma_serving.api import admin_pb2_grpc as admin_grpc
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.api import inference_pb2_grpc as pb_grpc
 from gemma_serving.config import ServingConfig
+from gemma_serving.deltas.registry import RayKeyValueStore
 from gemma_serving.deltas.subscriber import DeltaSubscriber
 from gemma_serving.router.admin import AdminServicer
 from gemma_serving.router.backends import Backend, ServeHandleBackend
+from gemma_serving.router.direct_routes import DirectRoutes
 from gemma_serving.router.health import INFERENCE_SERVICE, ServiceHealth
 from gemma_serving.router.http_tls import http_tls_options
 from gemma_serving.router.interceptors import InferenceInterceptor
@@ -133,6 +135,13 @@ class RouterDeployment:
         node_ip = ray.util.get_node_ip_address()
         self._deltas = DeltaSubscriber(node_ip, node_ip, self._config.router.delta_channel_port)
         await self._deltas.start()
+        direct_services = {k for k, s in self._config.services.items() if s.deployment.direct_calls}
+        self._direct = None
+        if direct_services:  # requests to replicas that have room go without a Serve handle call
+            from ray import serve
+
+            self._direct = await DirectRoutes.create(RayKeyValueStore(), serve.get_replica_context().app_name,
+                                                     direct_services)
         self._router = await start_grpc_server(
             self._config,
             ServeHandleBackend(
@@ -140,6 +149,7 @@ class RouterDeployment:
                 self._deltas,
                 max_wait_for_replica_s=waits,
                 on_retry=lambda kind: metrics.retries.labels(kind.value).inc(),
+                direct=self._direct.start if self._direct is not None else None,
             ),
             tracer=self._tracer_provider.get_tracer(__name__),
             metrics=metrics,
@@ -180,6 +190,8 @@ class RouterDeployment:
             if self._http is not None:
                 self._http.should_exit = True  # uvicorn stops accepting, then lets open requests finish
             await router.drain_and_stop(self._config.router.grace_period_s, self._config.router.drain_notice_s)
+            if self._direct is not None:
+                self._direct.close()
             await self._deltas.stop()
             shutdown = getattr(self._tracer_provider, "shutdown", None)
             if shutdown is not None:  # flush spans still in the batch
