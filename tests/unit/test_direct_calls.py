@@ -192,7 +192,8 @@ async def test_messages_without_the_secret_are_dropped_unread(platform):
         if forged.connected(platform.calls.address):
             break
         await asyncio.sleep(0.01)
-    forged._send(platform.calls.address, [b"x" * 32, START.to_bytes(1, "big") + (7).to_bytes(8, "big"), b"cos\n"])
+    forged._send(platform.calls.address,
+                 [b"x" * 32, START.to_bytes(1, "big") + (7).to_bytes(8, "big"), b"tcp://x:1", b"cos\n"])
     assert forged.start(platform.calls.address, request(3), "forged", platform.subscriber.address, 9) is not None
     for _ in range(100):
         if platform.calls._server.dropped >= 2:
@@ -239,3 +240,14 @@ def test_the_directory_drops_replicas_whose_heartbeat_stopped():
 def test_the_secret_is_made_once_and_shared():
     store = MemoryStore()
     assert shared_secret(store, "app") == shared_secret(store, "app") != shared_secret(store, "other")
+
+
+async def test_a_signed_call_this_version_cannot_read_is_refused_and_goes_through_serve(platform):
+    client = platform.routes._client
+    real = client.signer.pack
+    client.signer.pack = lambda kind, stream, reply, body=b"": real(kind, stream, reply, b"not a pickle")
+    try:
+        assert await platform.text(request(3), "skewed") == " word0 word1 word2"
+    finally:
+        client.signer.pack = real
+    assert platform.serve_calls == ["skewed"] and platform.engine.seen[-1].sampling.max_tokens == 3

@@ -42,35 +42,38 @@ HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 1000, 3000
 
 
 class CallSigner:
-    """Signs and verifies call messages (frames: signature, head, body) with the app's shared secret."""
+    """Signs and verifies call messages (frames: signature, head, reply address, body) with the app's secret."""
 
     def __init__(self, secret: bytes) -> None:
         self._key = secret
 
-    def pack(self, kind: int, stream: int, body: bytes = b"") -> list[bytes]:
-        head = _HEAD.pack(kind, stream)
-        return [hmac.digest(self._key, head + body, "sha256"), head, body]
+    def pack(self, kind: int, stream: int, reply_address: str = "", body: bytes = b"") -> list[bytes]:
+        head, address = _HEAD.pack(kind, stream), reply_address.encode()
+        return [hmac.digest(self._key, b"".join((head, address, b"\0", body)), "sha256"), head, address, body]
 
-    def unpack(self, frames: list[bytes]) -> tuple[int, int, bytes] | None:
-        """(kind, stream, body), or None for a message that is not ours (wrong shape or signature)."""
-        if len(frames) != 3 or len(frames[1]) != _HEAD.size:
+    def unpack(self, frames: list[bytes]) -> tuple[int, int, str, bytes] | None:
+        """(kind, stream, reply address, body), or None for a message that is not ours (shape or signature)."""
+        if len(frames) != 4 or len(frames[1]) != _HEAD.size:
             return None
-        mac, head, body = frames
-        if not hmac.compare_digest(mac, hmac.digest(self._key, head + body, "sha256")):
+        mac, head, address, body = frames
+        if not hmac.compare_digest(mac, hmac.digest(self._key, b"".join((head, address, b"\0", body)), "sha256")):
             return None
         kind, stream = _HEAD.unpack(head)
-        return kind, stream, body
+        return kind, stream, address.decode(), body
 
 
 #: Runs one direct call on the replica: (request, request_id, reply address, stream) -> done.
 CallHandler = Callable[[Any, str, str, int], Awaitable[None]]
+#: Answers a signed call whose request could not be read (a version skew): (reply address, stream).
+CallRefuser = Callable[[str, int], None]
 
 
 class CallServer:
     """The replica's end: one PULL socket; each START runs `handler` as a task, each CANCEL cancels its task."""
 
-    def __init__(self, signer: CallSigner, handler: CallHandler, bind_host: str, advertise_host: str) -> None:
-        self._signer, self._handler = signer, handler
+    def __init__(self, signer: CallSigner, handler: CallHandler, refuse: CallRefuser, bind_host: str,
+                 advertise_host: str) -> None:
+        self._signer, self._handler, self._refuse = signer, handler, refuse
         self._bind_host, self._advertise_host = bind_host, advertise_host
         self._tasks: dict[int, asyncio.Task] = {}
         self._socket = None
@@ -100,12 +103,13 @@ class CallServer:
                 self.dropped += 1
                 log.warning("dropped a direct-call message with a bad signature or shape")
                 continue
-            kind, stream, body = message
+            kind, stream, address, body = message
             if kind == START and stream not in self._tasks:
                 try:
-                    request, request_id, address = pickle.loads(body)
-                except Exception:  # noqa: BLE001 - signed but unreadable: a version skew; the router times out
-                    log.warning("dropped a direct call that could not be read", exc_info=True)
+                    request, request_id = pickle.loads(body)
+                except Exception:  # noqa: BLE001 - signed but unreadable: a version skew during an upgrade
+                    log.warning("refused a direct call that could not be read", exc_info=True)
+                    self._refuse(address, stream)  # the router sends it through Serve instead
                     continue
                 self.started += 1
                 task = asyncio.create_task(self._handler(request, request_id, address, stream))
@@ -230,8 +234,8 @@ class CallClient:
         replica = self._replicas.get(address)
         if replica is None or not replica.connected:
             return None
-        body = pickle.dumps((request, request_id, reply_address), protocol=pickle.HIGHEST_PROTOCOL)
-        if not self._send(address, self.signer.pack(START, stream, body)):
+        body = pickle.dumps((request, request_id), protocol=pickle.HIGHEST_PROTOCOL)
+        if not self._send(address, self.signer.pack(START, stream, reply_address, body)):
             return None
         call = replica.calls[stream] = DirectCall(self, address, stream)
         return call

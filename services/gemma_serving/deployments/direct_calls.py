@@ -33,7 +33,7 @@ class DirectCalls:
         self._draining = False
 
     async def start(self, signer: CallSigner, host: str, announce: Callable[[str], ReplicaAnnouncement]) -> None:
-        self._server = CallServer(signer, self._run, host, host)
+        self._server = CallServer(signer, self._run, self._refuse, host, host)
         await self._server.start()
         self._announcement = announce(self._server.address)
         await self._announcement.start()
@@ -72,11 +72,16 @@ class DirectCalls:
     def in_flight(self) -> int:
         return self._server.in_flight if self._server is not None else 0
 
+    def _refuse(self, address: str, stream: int) -> None:
+        self._publisher.sink(address, stream).fail(
+            CallRefused("the replica did not take the call (at capacity, draining or another version); "
+                        "send the request through Serve"))
+
     async def _run(self, request: GenerationRequest, request_id: str, address: str, stream: int) -> None:
-        sink = self._publisher.sink(address, stream)
         if self._draining or not self._admit():
-            sink.fail(CallRefused("the replica is at capacity or draining; send the request through Serve"))
+            self._refuse(address, stream)
             return
+        sink = self._publisher.sink(address, stream)
         try:
             await self._stream_into(sink, request, request_id)
         except asyncio.CancelledError:
