@@ -5,6 +5,7 @@ One command (from the repository root; prints a line per step):
 
     .venv/bin/python bench/token_path.py                 # concurrency 1/16/32/64, ~10 min on the 2-core box
     .venv/bin/python bench/token_path.py --quick         # concurrency 16/32, fewer requests, ~5 min
+    .venv/bin/python bench/token_path.py --quick --no-direct-calls   # every request a Serve handle call
 
 Targets (all up at once; each step runs on one target at a time, the order rotated per level, so drifting background
 load hits all alike):
@@ -56,7 +57,8 @@ def model_config(output_len: int) -> dict[str, Any]:
     return cfg
 
 
-def start_platform(model_cfg: dict[str, Any], stream_flush_ms: float | None) -> tuple[int, int]:
+def start_platform(model_cfg: dict[str, Any], stream_flush_ms: float | None,
+                   direct_calls: bool = True) -> tuple[int, int]:
     """Our platform, text only, on a local Ray instance; returns (gRPC port, HTTP port)."""
     from gemma_serving.app import build_app
     from ray import serve
@@ -70,6 +72,7 @@ def start_platform(model_cfg: dict[str, Any], stream_flush_ms: float | None) -> 
     data["services"]["text"]["deployment"]["health_probe"] = {"enabled": False}
     if stream_flush_ms is not None:
         data["services"]["text"]["deployment"]["stream_flush_ms"] = stream_flush_ms
+    data["services"]["text"]["deployment"]["direct_calls"] = direct_calls
     from gemma_serving.config import parse_config
 
     config = parse_config(data)
@@ -116,11 +119,13 @@ class EngineStepTarget:
         return payload
 
 
-async def measure(targets: dict[str, Any], levels: list[int], requests_for, prompts, sampling, groups) -> list:
+async def measure(targets: dict[str, Any], levels: list[int], requests_for, prompts, sampling, groups,
+                  round_index: int = 0) -> list:
     steps = []
     names = list(targets)
     for i, concurrency in enumerate(levels):
-        order = names[i % len(names):] + names[:i % len(names)]
+        shift = (i + round_index) % len(names)
+        order = names[shift:] + names[:shift]
         for name in order:
             target, n = targets[name], requests_for(concurrency)
             before, began = groups.snapshot(), time.perf_counter()
@@ -131,7 +136,7 @@ async def measure(targets: dict[str, Any], levels: list[int], requests_for, prom
                                     target=name, concurrency=concurrency)
             summary["cpu_s"] = ProcessGroups.diff(before, groups.snapshot())
             summary["wall_s"] = round(time.perf_counter() - began, 2)
-            summary["target"], summary["concurrency"] = name, concurrency
+            summary["target"], summary["concurrency"], summary["round"] = name, concurrency, round_index
             summary["serving_cpu_ms_per_token"] = report.serving_cpu_per_token(summary, SERVING_GROUPS[name])
             steps.append(summary)
             progress(report.line(summary))
@@ -155,6 +160,10 @@ def main() -> None:
     p.add_argument("--stream-flush-ms", type=float, default=None,
                    help="the platform's deployment.stream_flush_ms (default: the config's)")
     p.add_argument("--with-ray-serve-llm", action="store_true", help="also start Ray Serve LLM's OpenAI app")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="repeat the whole ladder; figures and ratios are medians over rounds (ratios within a round)")
+    p.add_argument("--no-direct-calls", action="store_true",
+                   help="the platform with deployment.direct_calls off (every request a Serve handle call)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "token_path.json")
     p.add_argument("--replot", action="store_true",
                    help="only recompute the per-token figures and ratios, redraw the PNG and print the table from --out")
@@ -169,7 +178,8 @@ def main() -> None:
         print(report.markdown(data))
         return
     levels = [16, 32] if args.quick else [int(x) for x in args.concurrency.split(",")]
-    requests_for = (lambda c: max(16, 2 * c)) if args.quick else (lambda c: max(24, 3 * c))
+    # Enough requests per step that /proc's 10 ms CPU ticks and background work are small next to the step's CPU.
+    requests_for = (lambda c: max(32, 4 * c)) if args.quick else (lambda c: max(48, 6 * c))
     wanted = [t for t in args.targets.split(",") if t]
     from ecosystem import VllmServerTarget
     from gemma_serving.models import resolve_model_source
@@ -184,10 +194,10 @@ def main() -> None:
         "benchmark": "token_path", "started_unix": round(time.time()),
         "machine": {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_at_start": os.getloadavg(),
                     "vllm": package_version("vllm"), "ray": package_version("ray")},
-        "workload": {"levels": levels, "requests": {c: requests_for(c) for c in levels},
+        "workload": {"levels": levels, "rounds": args.rounds, "requests": {c: requests_for(c) for c in levels},
                      "output_len": args.output_len, "ignore_eos": True, "greedy": True},
         "engine": {k: model_cfg["engine"][k] for k in ("dtype", "max_model_len", "max_num_seqs", "enforce_eager")},
-        "startup_s": {}, "stream_flush_ms": args.stream_flush_ms,
+        "startup_s": {}, "stream_flush_ms": args.stream_flush_ms, "direct_calls": not args.no_direct_calls,
     }
     groups, targets, subs = ProcessGroups(), {}, {}
     vllm_server = VllmServerTarget(model_cfg, model_dir, logdir / "vllm_server.log")
@@ -199,7 +209,7 @@ def main() -> None:
             subs["engine"] = Subprocess("engine", [sys.executable, str(BENCH_DIR / "serving.py"), "--engine-worker",
                                                    json.dumps(spec)], logdir / "engine_worker.log")
         if "grpc" in wanted or "openai" in wanted:
-            grpc_port, http_port = start_platform(model_cfg, args.stream_flush_ms)
+            grpc_port, http_port = start_platform(model_cfg, args.stream_flush_ms, not args.no_direct_calls)
             result["startup_s"]["platform"] = round(time.perf_counter() - t, 1)
             progress(f"platform up (gRPC {grpc_port}, HTTP {http_port})")
             if "grpc" in wanted:
@@ -234,7 +244,11 @@ def main() -> None:
                     await target.open()
             try:
                 await warm_up(targets, prompts, sampling)
-                return await measure(targets, levels, requests_for, prompts, sampling, groups)
+                steps = []
+                for r in range(args.rounds):
+                    progress(f"round {r + 1} of {args.rounds}")
+                    steps += await measure(targets, levels, requests_for, prompts, sampling, groups, r)
+                return steps
             finally:
                 for target in targets.values():
                     if hasattr(target, "close"):

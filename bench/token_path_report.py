@@ -57,7 +57,63 @@ def _ratio(x, y) -> float | None:
     return round(x / y, 3) if x is not None and y not in (None, 0) else None
 
 
+def rounds_of(steps: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The steps of each round (a run without rounds is one round)."""
+    rounds: dict[int, list[dict[str, Any]]] = {}
+    for step in steps:
+        rounds.setdefault(step.get("round", 0), []).append(step)
+    return [rounds[k] for k in sorted(rounds)]
+
+
+def _median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def ratios(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per concurrency and surface, the median over rounds of each round's ratios (ours / vLLM's server, in the same
+    round), with every round's value beside it in `per_round`."""
+    per_round = [_round_ratios(r) for r in rounds_of(steps)]
+    out: dict[str, dict[str, Any]] = {}
+    for c, surfaces in (per_round[0] if per_round else {}).items():
+        for surface, first in surfaces.items():
+            values = [r.get(c, {}).get(surface) for r in per_round]
+            values = [v for v in values if v is not None]
+            merged = {k: (round(_median([v[k] for v in values]), 3) if k != "unanswered" else
+                          sum(v[k] for v in values)) if first[k] is not None else None for k in first}
+            if len(values) > 1:
+                merged["per_round"] = {k: [v[k] for v in values] for k in ("throughput", "serving_cpu_per_token")}
+            out.setdefault(c, {})[surface] = merged
+    return out
+
+
+def median_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One step per (target, concurrency): the median over rounds of each figure (the steps themselves when there is
+    one round)."""
+    rounds = rounds_of(steps)
+    if len(rounds) == 1:
+        return steps
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for step in steps:
+        groups.setdefault((step["target"], step["concurrency"]), []).append(step)
+    out = []
+    for (target, c), group in sorted(groups.items()):
+        out.append({
+            "target": target, "concurrency": c, "rounds": len(group),
+            "output_tokens_per_s": _median([s["output_tokens_per_s"] for s in group]),
+            "ttft_ms": {q: _median([s["ttft_ms"][q] for s in group]) for q in ("p50", "p99")},
+            "itl_ms": {q: _median([s["itl_ms"][q] for s in group]) for q in ("p50", "p99")},
+            "serving_cpu_ms_per_token": _median([s.get("serving_cpu_ms_per_token") for s in group]),
+            "engine_cpu_ms_per_token": _median([engine_cpu_per_token(s) for s in group]),
+            "ok": sum(s["ok"] for s in group), "requests": sum(s["requests"] for s in group),
+        })
+    return out
+
+
+def _round_ratios(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per concurrency and surface: ours / vLLM's server (throughput, CPU per token), TTFT added in ms."""
     by = _by(steps)
     out: dict[str, dict[str, Any]] = {}
@@ -79,19 +135,28 @@ def ratios(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def markdown(result: dict[str, Any]) -> str:
     rows = ["| target | c | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | serving CPU ms/token | "
             "engine core CPU ms/token | ok |", "|---|---|---|---|---|---|---|---|"]
-    for s in sorted(result["steps"], key=lambda s: (s["concurrency"], s["target"])):
+    for s in sorted(median_steps(result["steps"]), key=lambda s: (s["concurrency"], s["target"])):
+        engine = s.get("engine_cpu_ms_per_token", engine_cpu_per_token(s))
         rows.append(f"| {s['target']} | {s['concurrency']} | {s['output_tokens_per_s']:.0f} | "
                     f"{s['ttft_ms']['p50']:.0f} / {s['ttft_ms']['p99']:.0f} | "
-                    f"{s['itl_ms']['p50']:.1f} / {s['itl_ms']['p99']:.1f} | {s.get('serving_cpu_ms_per_token')} | "
-                    f"{engine_cpu_per_token(s)} | {s['ok']}/{s['requests']} |")
+                    f"{s['itl_ms']['p50']:.1f} / {s['itl_ms']['p99']:.1f} | {_round4(s.get('serving_cpu_ms_per_token'))} | "
+                    f"{_round4(engine)} | {s['ok']}/{s['requests']} |")
     rows.append("")
-    rows.append("| c | surface | tok/s vs vLLM | serving CPU/token vs vLLM | TTFT p50 added (ms) | ITL p99 vs vLLM |")
-    rows.append("|---|---|---|---|---|---|")
+    rows.append("| c | surface | tok/s vs vLLM | serving CPU/token vs vLLM | TTFT p50 added (ms) | ITL p99 vs vLLM | "
+                "per round: tok/s; CPU/token |")
+    rows.append("|---|---|---|---|---|---|---|")
     for c, per in result.get("ratios", {}).items():
         for surface, r in per.items():
+            rounds = r.get("per_round", {})
+            spread = (f"{', '.join(map(str, rounds['throughput']))}; {', '.join(map(str, rounds['serving_cpu_per_token']))}"
+                      if rounds else "")
             rows.append(f"| {c} | {surface} | {r['throughput']} | {r['serving_cpu_per_token']} | "
-                        f"{r['ttft_p50_added_ms']} | {r['itl_p99_ratio']} |")
+                        f"{r['ttft_p50_added_ms']} | {r['itl_p99_ratio']} | {spread} |")
     return "\n".join(rows)
+
+
+def _round4(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
 
 
 def plot(result: dict[str, Any], path) -> None:
@@ -100,7 +165,7 @@ def plot(result: dict[str, Any], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = result["steps"]
+    steps = median_steps(result["steps"])
     targets = sorted({s["target"] for s in steps})
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     panels = [("output tok/s", lambda s: s["output_tokens_per_s"]),

@@ -85,3 +85,14 @@ def test_64_concurrent_streams_on_each_surface_are_all_answered_complete(platfor
         slowest = max(seconds for _, _, seconds in results)
         PLATFORM_FACTS[f"{STREAMS} concurrent {surface} streams x {TOKENS} tokens"] = (
             f"all answered, slowest {slowest:.1f} s")
+
+
+def test_requests_reach_the_replica_as_direct_calls(stub, describe):
+    """With a replica announced and room on it, a request costs no Serve handle call (deltas/calls.py)."""
+    before = describe("text")["direct_calls"]
+    assert before["address"].startswith("tcp://") and not before["draining"]
+    for i in range(8):
+        chunks = list(stub.GenerateStream(_request(i), timeout=60))
+        assert chunks[-1].usage.completion_tokens == TOKENS
+    after = describe("text")["direct_calls"]
+    assert after["started"] - before["started"] == 8 and after["in_flight"] == 0
