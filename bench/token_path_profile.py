@@ -80,6 +80,11 @@ def main() -> None:
         top(Path(f"/tmp/pyspy_{d}.txt"))
     import os
 
+    import ray
+    from ray import serve
+
+    serve.shutdown()  # stops the replicas, whose vLLM engine processes would outlive an os._exit
+    ray.shutdown()
     os._exit(0)
 
 
