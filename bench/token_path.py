@@ -36,7 +36,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-from bench_common import RESULTS_DIR, cpu_model, package_version, progress  # noqa: E402
+from bench_common import RESULTS_DIR, cpu_model, exit_stopping_ray, package_version, progress  # noqa: E402
 from serving_targets import PROFILES, Subprocess, text_model_config  # noqa: E402  (sets up the environment)
 
 import token_path_report as report  # noqa: E402
@@ -265,7 +265,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
     report.plot(result, args.out.with_suffix(".png"))
     print(report.markdown(result))
-    os._exit(0)  # Ray's and vLLM's background threads can hold a normal exit
+    exit_stopping_ray()
 
 
 if __name__ == "__main__":

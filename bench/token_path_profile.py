@@ -18,7 +18,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 import psutil  # noqa: E402
-from bench_common import progress  # noqa: E402
+from bench_common import exit_stopping_ray, progress  # noqa: E402
 from loadgen import GrpcTarget, SamplingSpec, make_prompts, run_closed  # noqa: E402
 from token_path import model_config, start_platform  # noqa: E402
 
@@ -78,14 +78,7 @@ def main() -> None:
     for d, spy in spies.items():
         spy.wait(60)
         top(Path(f"/tmp/pyspy_{d}.txt"))
-    import os
-
-    import ray
-    from ray import serve
-
-    serve.shutdown()  # stops the replicas, whose vLLM engine processes would outlive an os._exit
-    ray.shutdown()
-    os._exit(0)
+    exit_stopping_ray()
 
 
 if __name__ == "__main__":
