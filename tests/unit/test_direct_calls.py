@@ -251,3 +251,26 @@ async def test_a_signed_call_this_version_cannot_read_is_refused_and_goes_throug
     finally:
         client.signer.pack = real
     assert platform.serve_calls == ["skewed"] and platform.engine.seen[-1].sampling.max_tokens == 3
+
+
+def test_the_key_of_a_replica_silent_for_a_minute_is_deleted():
+    store, now = MemoryStore(), [0.0]
+    store.put("app/text/crashed", b'{"address": "tcp://a:1", "beat": 3}')
+    store.put("app/secret", b"k" * 32)
+    directory = ReplicaDirectory(store, "app", clock=lambda: now[0])
+    asyncio.run(directory.refresh())
+    now[0] = 30.0
+    asyncio.run(directory.refresh())
+    assert "app/text/crashed" in store.data and directory.all_addresses() == {"tcp://a:1"}
+    now[0] = 61.0
+    asyncio.run(directory.refresh())
+    assert "app/text/crashed" not in store.data and directory.all_addresses() == set()
+    assert "app/secret" in store.data  # not a replica's key
+
+
+async def test_routes_close_the_socket_of_a_forgotten_replica(platform):
+    address = platform.calls.address
+    assert address in platform.routes._client.addresses
+    platform.store.delete("app/text/r1")
+    await platform.routes.refresh()
+    assert address not in platform.routes._client.addresses

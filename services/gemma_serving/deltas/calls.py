@@ -39,6 +39,8 @@ START, CANCEL = 0, 1
 _HEAD = struct.Struct("!BQ")  # message kind, stream id
 #: ZMTP heartbeats on a router's replica sockets: a replica whose node vanished (no TCP reset) is dropped after this.
 HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS = 1000, 3000
+#: Reconnection attempts to a replica that went away back off to this (its socket closes once the router forgets it).
+RECONNECT_IVL_MAX_MS = 5000
 
 
 class CallSigner:
@@ -197,6 +199,7 @@ class CallClient:
         sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue a call for a peer that is not connected
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)  # a replica that is gone: back off, not spin
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         sock.connect(address)
         replica = self._replicas[address] = _ReplicaSocket(sock)

@@ -24,6 +24,8 @@ NAMESPACE = "gemma-serving-direct"
 BEAT_S = 1.0
 #: A replica whose heartbeat has not moved for this long is not routed to (it is dead or wedged; Serve replaces it).
 STALE_AFTER_S = 5.0
+#: ... and after this long its key is deleted (a crashed replica never withdraws it; a live one would write it again).
+FORGET_AFTER_S = 60.0
 
 
 class KeyValueStore(Protocol):
@@ -135,13 +137,21 @@ class ReplicaDirectory:
         found = await asyncio.to_thread(self._read)
         now = self._clock()
         seen: dict[str, dict[str, _Seen]] = {}
+        forgotten: list[str] = []
         for service, replicas in found.items():
             before = self._seen.get(service, {})
             for replica_id, (address, beat) in replicas.items():
                 old = before.get(replica_id)
                 moved = old is None or old.beat != beat or old.address != address
-                seen.setdefault(service, {})[replica_id] = _Seen(address, beat, now if moved else old.moved_at)
+                entry = _Seen(address, beat, now if moved else old.moved_at)
+                if now - entry.moved_at > FORGET_AFTER_S:
+                    forgotten.append(f"{self._prefix}{service}/{replica_id}")
+                else:
+                    seen.setdefault(service, {})[replica_id] = entry
         self._seen = seen
+        for key in forgotten:
+            log.info("deleting the announcement of a replica silent for %.0f s: %s", FORGET_AFTER_S, key)
+            await asyncio.to_thread(self._store.delete, key)
 
     def live(self, service: str) -> list[str]:
         """Addresses of the service's replicas whose heartbeat moved within STALE_AFTER_S."""
