@@ -121,3 +121,13 @@ class ClientCancelled(GemmaServingError):
 
 class InternalError(GemmaServingError):
     """An unexpected failure; the client sees only a generic message and the request id."""
+
+
+def named(name: str) -> type[GemmaServingError]:
+    """The platform error class called `name` (InternalError for a name this version does not know): how an error
+    that crossed a process boundary by name becomes its class again."""
+    return _BY_NAME.get(name, InternalError)
+
+
+_BY_NAME = {c.__name__: c for c in list(vars().values())
+            if isinstance(c, type) and issubclass(c, GemmaServingError)}

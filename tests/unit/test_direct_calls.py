@@ -26,6 +26,13 @@ from tests.unit.conftest import make_deployment
 TEXT = ServiceKind.TEXT
 
 
+async def _eventually(condition, tries: int = 200) -> None:
+    for _ in range(tries):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
@@ -67,10 +74,7 @@ class Platform:
         self.deployment._direct = self.calls
         self.routes = DirectRoutes(CallClient(CallSigner(secret)), ReplicaDirectory(self.store, "app"), {TEXT})
         await self.routes.refresh()
-        for _ in range(200):
-            if self.routes._client.connected(self.calls.address):
-                break
-            await asyncio.sleep(0.01)
+        await _eventually(lambda: self.routes._client.connected(self.calls.address))
         self.subscriber = DeltaSubscriber("127.0.0.1", "127.0.0.1")
         await self.subscriber.start()
         self.serve_calls: list[str] = []
@@ -133,10 +137,7 @@ async def test_cancelling_a_direct_call_aborts_the_engine_request(platform):
     assert (await anext(stream)).text == " word0"
     assert platform.calls.in_flight == 1
     await stream.aclose()  # the client went away
-    for _ in range(100):
-        if not platform.engine.in_flight:
-            break
-        await asyncio.sleep(0.01)
+    await _eventually(lambda: not platform.engine.in_flight)
     assert not platform.engine.in_flight and "cancel-me" in platform.engine.aborted
     assert platform.calls.in_flight == 0
 
@@ -188,17 +189,11 @@ async def test_an_unexpected_replica_failure_is_internal_without_its_text(platfo
 async def test_messages_without_the_secret_are_dropped_unread(platform):
     forged = CallClient(CallSigner(b"not the secret" * 3))
     forged.connect(platform.calls.address)
-    for _ in range(200):
-        if forged.connected(platform.calls.address):
-            break
-        await asyncio.sleep(0.01)
+    await _eventually(lambda: forged.connected(platform.calls.address))
     forged._send(platform.calls.address,
                  [b"x" * 32, START.to_bytes(1, "big") + (7).to_bytes(8, "big"), b"tcp://x:1", b"cos\n"])
     assert forged.start(platform.calls.address, request(3), "forged", platform.subscriber.address, 9) is not None
-    for _ in range(100):
-        if platform.calls._server.dropped >= 2:
-            break
-        await asyncio.sleep(0.01)
+    await _eventually(lambda: platform.calls._server.dropped >= 2)
     assert platform.calls._server.dropped == 2 and platform.engine.seen == []
     forged.close()
 

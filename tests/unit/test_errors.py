@@ -42,3 +42,8 @@ def test_every_error_class_is_in_the_table():
 def test_errors_survive_pickling_across_processes(cls):
     copy = pickle.loads(pickle.dumps(cls("msg", field="a.b", retry_after_s=1.5)))
     assert type(copy) is cls and (copy.message, copy.field, copy.retry_after_s) == ("msg", "a.b", 1.5)
+
+
+def test_an_error_sent_by_name_becomes_its_class_again():
+    assert errors.named("CallRefused") is errors.CallRefused
+    assert errors.named("NoSuchError") is errors.InternalError  # a class a newer version added

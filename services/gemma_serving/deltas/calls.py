@@ -31,6 +31,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from gemma_serving.deltas.sockets import listen
 from gemma_serving.errors import ReplicaGone
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,7 @@ class CallServer:
         return len(self._tasks)
 
     async def start(self) -> None:
-        sock = zmq.asyncio.Context.instance().socket(zmq.PULL)
-        sock.setsockopt(zmq.LINGER, 0)
-        host = "*" if self._bind_host in ("0.0.0.0", "::") else self._bind_host
-        port = sock.bind_to_random_port(f"tcp://{host}")
-        self._socket = sock
-        self.address = f"tcp://{self._advertise_host}:{port}"
+        self._socket, self.address = listen(self._bind_host, self._advertise_host)
         self._reader = asyncio.create_task(self._read(), name="direct-call-server")
 
     async def _read(self) -> None:

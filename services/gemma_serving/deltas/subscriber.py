@@ -7,9 +7,8 @@ import logging
 import secrets
 
 import msgspec
-import zmq
-import zmq.asyncio
 
+from gemma_serving.deltas.sockets import listen
 from gemma_serving.deltas.wire import Delta, decoder
 
 log = logging.getLogger(__name__)
@@ -68,16 +67,7 @@ class DeltaSubscriber:
         self.messages_received = 0
 
     async def start(self) -> None:
-        sock = zmq.asyncio.Context.instance().socket(zmq.PULL)  # shared: see DeltaPublisher
-        sock.setsockopt(zmq.LINGER, 0)
-        host = "*" if self._bind_host in ("0.0.0.0", "::") else self._bind_host
-        if self._port:
-            sock.bind(f"tcp://{host}:{self._port}")
-            port = self._port
-        else:
-            port = sock.bind_to_random_port(f"tcp://{host}")
-        self._socket = sock
-        self.address = f"tcp://{self._advertise_host}:{port}"
+        self._socket, self.address = listen(self._bind_host, self._advertise_host, self._port)
         self._task = asyncio.create_task(self._read(), name="delta-subscriber")
 
     def open(self) -> Inbox:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from gemma_serving.engines.types import Chunk, FinishReason, TokenLogprob
-from gemma_serving.errors import GemmaServingError, InternalError
+from gemma_serving.errors import GemmaServingError, InternalError, named
 
 
 class Delta(msgspec.Struct, array_like=True, gc=False):
@@ -47,15 +47,7 @@ def error_fields(exc: BaseException) -> tuple[str, str, str | None, float | None
 def error_from_fields(fields: tuple[str, str, str | None, float | None]) -> GemmaServingError:
     """The platform error a failed call's delta stands for (InternalError for a class this side does not know)."""
     name, message, field, retry_after_s = fields
-    cls = _ERROR_CLASSES.get(name, InternalError)
-    return cls(message, field=field, retry_after_s=retry_after_s)
-
-
-def _subclasses(cls: type) -> list[type]:
-    return [cls] + [s for sub in cls.__subclasses__() for s in _subclasses(sub)]
-
-
-_ERROR_CLASSES = {c.__name__: c for c in _subclasses(GemmaServingError)}
+    return named(name)(message, field=field, retry_after_s=retry_after_s)
 
 
 def decoder() -> msgspec.msgpack.Decoder:
