@@ -55,9 +55,10 @@ def test_vllm_metrics_of_every_service_reach_rays_metrics_agent_with_service_mod
                                          sampling=pb.SamplingParams(max_tokens=4)), timeout=120)
     text = {"service": "text", "model_name": TEXT_MODEL}
 
-    def exported(samples):
-        return series(samples, "ray_vllm_generation_tokens_total", **text) and \
-            series(samples, "ray_gemma_serving_replica_rss_bytes", service="text")
+    def exported(samples):  # every service's engine has reported (replicas export on their own clocks)
+        return series(samples, "ray_vllm_generation_tokens_total", **text) and all(
+            series(samples, "ray_vllm_kv_cache_usage_perc", service=s)
+            and series(samples, "ray_gemma_serving_replica_rss_bytes", service=s) for s in ("text", "vision", "audio"))
 
     samples = wait_for_samples(exported)
     for name, (kind, _help) in ENGINE_METRICS.items():
