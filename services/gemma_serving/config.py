@@ -292,6 +292,13 @@ class RouterSettings(Strict):
         "terminates TLS and authenticates callers itself). Off: the HTTP port uses the same TLS / mTLS settings "
         "and client-certificate tenants as the gRPC port.",
     )
+    http_keep_alive_s: float = Field(
+        620, gt=0, le=3600,
+        description="How long the HTTP port keeps an idle keep-alive connection open. Longer than the clients' and "
+        "load balancers' own idle timeouts (GCP's Application Load Balancers keep backend connections 600 s), so "
+        "the router is never the side that closes a connection a client is about to reuse (that race ends the "
+        "client's next request with a connection reset). uvicorn's default is 5 s.",
+    )
     num_replicas: int = Field(1, ge=1, le=64, description="Router replicas (they share the port via SO_REUSEPORT).")
     quota_sync_s: float = Field(
         1.0, gt=0, le=60,

@@ -115,7 +115,8 @@ async def start_openai_server(config: ServingConfig, router: RouterServer):
     / mTLS settings (unless `router.http_plaintext_beside_tls`); returns (uvicorn server, bound port)."""
     app = OpenAISurface(config, router.pipeline, router.health).app()
     tls_options = http_tls_options(config.security.tls, plaintext_beside_tls=config.router.http_plaintext_beside_tls)
-    return await start_http_server(app, config.router.host, config.router.http_port, tls_options)
+    return await start_http_server(app, config.router.host, config.router.http_port,
+                                   {**tls_options, "timeout_keep_alive": config.router.http_keep_alive_s})
 
 
 class RouterDeployment:
