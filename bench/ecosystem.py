@@ -152,7 +152,10 @@ class VllmServerTarget:
 
     def __enter__(self) -> str:
         port = free_port()
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.model_cfg["engine"]["cpu_kv_cache_gib"])}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.model_cfg["engine"]["cpu_kv_cache_gib"]),
+               # The keep-alive our router uses (router.http_keep_alive_s): with uvicorn's 5 s, the load generator's
+               # pooled connections were closed under it between steps (ServerDisconnectedError).
+               "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "620"}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(self.argv(port), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
