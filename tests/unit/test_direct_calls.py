@@ -232,6 +232,23 @@ def test_the_directory_drops_replicas_whose_heartbeat_stopped():
     assert directory.live("text") == ["tcp://a:1"]
 
 
+def test_routes_count_a_services_live_replicas_for_the_replica_gauge():
+    store, now = MemoryStore(), [0.0]
+    store.put("app/text/r1", b'{"address": "tcp://a:1", "beat": 1}')
+    store.put("app/text/r2", b'{"address": "tcp://a:2", "beat": 1}')
+    routes = DirectRoutes(CallClient(CallSigner(b"k" * 32)), ReplicaDirectory(store, "app", clock=lambda: now[0]),
+                          {TEXT})
+    try:
+        asyncio.run(routes.refresh())
+        assert routes.services == {TEXT} and routes.replicas(TEXT) == 2
+        now[0] = 10.0
+        store.put("app/text/r2", b'{"address": "tcp://a:2", "beat": 2}')
+        asyncio.run(routes.refresh())
+        assert routes.replicas(TEXT) == 1  # r1's heartbeat stopped
+    finally:
+        routes.close()
+
+
 def test_the_secret_is_made_once_and_shared():
     store = MemoryStore()
     assert shared_secret(store, "app") == shared_secret(store, "app") != shared_secret(store, "other")

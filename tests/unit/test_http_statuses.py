@@ -90,3 +90,56 @@ async def test_replica_count_failures_are_logged_with_their_message(monkeypatch,
         await asyncio.sleep(0.05)
         task.cancel()
     assert "could not read replica counts: RuntimeError: serve controller unreachable" in caplog.text
+
+
+class _Announced:
+    """What _track_replicas reads of DirectRoutes: its services and their live replicas."""
+
+    def __init__(self, counts):
+        self.counts = counts
+        self.services = set(counts)
+
+    def replicas(self, kind):
+        return self.counts[kind]
+
+
+async def _tracked(config, direct):
+    from gemma_serving.router.server import _track_replicas
+    from gemma_serving.telemetry.metrics import RouterMetrics
+
+    class Health:
+        seen = {}
+
+        async def observe_replicas(self, kind, running):
+            self.seen[kind] = running
+
+    metrics, health = RouterMetrics(), Health()
+    task = asyncio.create_task(_track_replicas(config, metrics, health, interval_s=0.01, direct=direct))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    gauge = {k: metrics.replicas.labels(k.value)._value.get() for k in config.services}
+    return gauge, health.seen
+
+
+async def test_services_with_direct_calls_count_announced_replicas_without_reading_serve_status(monkeypatch,
+                                                                                               config):
+    from gemma_serving import app
+
+    reads = []
+    monkeypatch.setattr(app, "replica_states", lambda name: reads.append(name) or {})
+    counts = {kind: i + 1 for i, kind in enumerate(config.services)}
+    gauge, seen = await _tracked(config, _Announced(counts))
+    assert gauge == {k: float(v) for k, v in counts.items()} and seen == counts
+    assert reads == []  # Serve's status (~ms of CPU per read) is not needed
+
+
+async def test_services_without_direct_calls_still_count_from_serve_status(monkeypatch, config):
+    from gemma_serving import app
+
+    reads = []
+    first, *rest = config.services
+    assert rest  # a service without direct calls
+    monkeypatch.setattr(app, "replica_states",
+                        lambda name: reads.append(name) or {k.value: {"RUNNING": 3} for k in rest})
+    gauge, seen = await _tracked(config, _Announced({first: 2}))
+    assert gauge == {first: 2.0, **{k: 3.0 for k in rest}} and reads

@@ -50,6 +50,15 @@ class DirectRoutes:
             if address not in known and not self._client.in_flight(address):
                 self._client.disconnect(address)  # withdrew (drained) or gone for good
 
+    @property
+    def services(self) -> set[ServiceKind]:
+        """The services whose requests may go direct."""
+        return self._services
+
+    def replicas(self, kind: ServiceKind) -> int:
+        """The service's live replicas: announced, heartbeat moving (as of the last refresh, at most BEAT_S ago)."""
+        return len(self._directory.live(kind.value))
+
     def start(self, kind: ServiceKind, request: GenerationRequest, request_id: str, reply_address: str,
               stream: int) -> DirectCall | None:
         if request.adapter or kind not in self._services:

@@ -27,7 +27,8 @@ METRIC_NAMES = {
     "gemma_serving_completion_tokens_total": "Tokens generated.",
     "gemma_serving_requests_in_flight": "Requests admitted and not yet finished, per service.",
     "gemma_serving_requests_waiting": "Admitted requests without a first token yet (queued or in prefill).",
-    "gemma_serving_replicas": "Running replicas per service, as reported by Ray Serve.",
+    "gemma_serving_replicas": "Running replicas per service: those taking direct calls (live announcements), else "
+                              "as reported by Ray Serve.",
     "gemma_serving_retries_total": "Requests sent again because their replica was lost before any output.",
     "gemma_serving_service_state": "1 for the service's current health state (ready, degraded, ...), else 0.",
     "gemma_serving_health_probe_seconds": "Latency of the service's last short-generation health probe.",
