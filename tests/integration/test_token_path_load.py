@@ -96,3 +96,14 @@ def test_requests_reach_the_replica_as_direct_calls(stub, describe):
         assert chunks[-1].usage.completion_tokens == TOKENS
     after = describe("text")["direct_calls"]
     assert after["started"] - before["started"] == 8 and after["in_flight"] == 0
+
+
+def test_a_paced_stream_ends_as_soon_as_vllm_has_its_final_output(stub, describe):
+    """vLLM's output collector tells the replica when a request's final output is in (VllmEngine.on_final_output):
+    a stream paced by stream_flush_ms sends its end at once instead of at its next tick."""
+    before = describe("text")["paced_ends_at_once"]
+    for i in range(8):
+        chunks = list(stub.GenerateStream(_request(i), timeout=60))
+        assert "".join(c.text for c in chunks) and chunks[-1].usage.completion_tokens == TOKENS
+    # Each stream waits for its tick nearly all the time between pulls, so its final output lands in a wait.
+    assert describe("text")["paced_ends_at_once"] - before >= 4

@@ -95,3 +95,20 @@ async def test_paced_streams_wake_on_one_tick_and_share_channel_messages(make_ro
     # 8 streams x ~0.3 s at 50 ms ticks: each stream's first delta alone, then ~7 ticks shared by all 8 streams
     # (windows of their own would send ~8 x 7 messages).
     assert backend.subscriber.messages_received <= 8 + 16, backend.subscriber.messages_received
+
+
+async def test_a_paced_stream_ends_when_its_final_output_is_ready_not_at_its_next_tick(make_router):
+    """The end of a stream is not held for the tick: the engine tells the replica its final output is ready."""
+    import time
+
+    router, _backend = await _paced_router(make_router, flush_ms=1000, step_delay_s=0.01)
+    loop = asyncio.get_running_loop()
+    async with _channel(router) as stub:
+        await asyncio.sleep(1.0 - loop.time() % 1.0 + 0.02)  # just past a tick: the next one is ~1 s away
+        began = time.monotonic()
+        chunks = [c async for c in stub.GenerateStream(pb.GenerateRequest(
+            model="text-model", messages=[message("hi")], sampling=pb.SamplingParams(max_tokens=10)))]
+        took = time.monotonic() - began
+    assert "".join(c.text for c in chunks) == "".join(f" word{k}" for k in range(10))
+    assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH
+    assert took < 0.5, took  # 10 tokens of 10 ms; held for the tick it would take ~1 s

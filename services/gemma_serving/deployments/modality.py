@@ -24,6 +24,7 @@ from gemma_serving.deltas.publisher import DeltaPublisher, StreamSink
 from gemma_serving.deployments.autoscaling import DIRECT_IN_FLIGHT
 from gemma_serving.deployments.direct_calls import DirectCalls
 from gemma_serving.deployments.engine_metrics import attach_engine_metrics
+from gemma_serving.deployments.pacing import TickWait
 from gemma_serving.deployments.health_probe import PROBE_REQUEST_PREFIX, EngineProbe, ProbeReport, ProbeVerdict
 from gemma_serving.deployments.streaming import coalesce
 from gemma_serving.engines.base import Engine
@@ -124,6 +125,8 @@ class ModalityDeployment:
         self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
         self._publisher = DeltaPublisher()
         self._stream_flush_s = self.config.deployment.stream_flush_ms / 1000
+        #: Paced streams whose end left as soon as the engine had it, not at their next tick (describe()).
+        self.paced_ends_at_once = 0
         self._direct = None
         if self.config.deployment.direct_calls:
             self._direct = await DirectCalls.in_replica(self.kind.value, self.stream_into, self._publisher,
@@ -141,17 +144,25 @@ class ModalityDeployment:
     async def stream_into(self, sink: StreamSink, request: GenerationRequest, request_id: str) -> None:
         """Send the request's chunks to `sink` and end it (a Serve call's or a direct call's stream)."""
         pace = self._stream_flush_s
-        clock = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        tick, watched = TickWait(loop), not pace
         async with asyncio.timeout(request.budget_s):  # a backstop: the router enforces the deadline itself
             async for chunk in self._engine_chunks(request, request_id):
                 sink.send(chunk)
                 if pace and chunk.finish_reason is None:
+                    if not watched:  # the engine knows the request once it has produced output
+                        watched = True
+                        watch = getattr(self.engine, "on_final_output", None)
+                        if watch is not None:
+                            watch(request_id, tick.final)
                     # Adaptive coalescing: the first delta went at once; the engine keeps generating while this
                     # stream waits, and vLLM merges its deltas meanwhile, so the next pull gets them all in one.
                     # Every stream wakes on the same tick (the next multiple of the window on the loop clock), so
-                    # all streams' pulls land in one event-loop pass and leave in one channel message per router.
-                    await asyncio.sleep(pace - clock() % pace)
+                    # all streams' pulls land in one event-loop pass and leave in one channel message per router;
+                    # a stream whose final output is ready wakes at once.
+                    await tick.wait(pace - loop.time() % pace)
         sink.end()
+        self.paced_ends_at_once += tick.cut_short
 
     def _admits_direct_call(self) -> bool:
         """Room for one more request on the engine (Serve-routed ones count too)."""
@@ -196,6 +207,7 @@ class ModalityDeployment:
             "kind": self.kind.value,
             "model": self.config.model.name,
             "engine_start_seconds": getattr(self.engine, "start_seconds", None),
+            "paced_ends_at_once": self.paced_ends_at_once,
             # User requests only: a health probe generation in flight is not one.
             "in_flight": sum(not r.startswith(PROBE_REQUEST_PREFIX) for r in getattr(self.engine, "in_flight", ())),
             "engine_load": await self.record_autoscaling_stats(),

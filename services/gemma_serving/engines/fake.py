@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from gemma_serving.engines.types import Chunk, FinishReason, GenerationRequest, TokenLogprob
 from gemma_serving.errors import EngineDead
@@ -24,6 +24,8 @@ class FakeEngine:
         self.healthy = True
         self.in_flight: set[str] = set()
         self.aborted: list[str] = []
+        #: With merge_late: loop time at which each running request's final token is produced.
+        self._final_at: dict[str, float] = {}
 
     async def start(self) -> None:
         self.started = True
@@ -39,6 +41,7 @@ class FakeEngine:
         reason = FinishReason.LENGTH if n == budget else FinishReason.STOP
         loop = asyncio.get_running_loop()
         began = loop.time()
+        self._final_at[request_id] = began + n * self.step_delay_s
         try:
             done = 0
             while done < n:
@@ -59,6 +62,17 @@ class FakeEngine:
             raise
         finally:
             self.in_flight.discard(request_id)
+            self._final_at.pop(request_id, None)
+
+    def on_final_output(self, request_id: str, callback: Callable[[], None]) -> bool:
+        """Like VllmEngine's: `callback` when the final token is produced on the engine's clock (merge_late only: a
+        pull-driven fake produces nothing unpulled)."""
+        at = self._final_at.get(request_id)
+        if not self.merge_late or at is None:
+            return False
+        loop = asyncio.get_running_loop()
+        loop.call_at(max(at, loop.time()), callback)
+        return True
 
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)

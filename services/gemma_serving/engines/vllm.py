@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from gemma_serving.config import ModelConfig
 from gemma_serving.engines.engine_load import EngineLoad, EngineLoadTracker
@@ -224,6 +224,30 @@ class VllmEngine:
             # Closing the vLLM generator aborts the request in the engine (frees its KV cache) if still running.
             await stream.aclose()
             self.in_flight.discard(request_id)
+
+    def on_final_output(self, request_id: str, callback: Callable[[], None]) -> bool:
+        """Call `callback` (on the event loop, once or more) as soon as the request's final output, or its error, is
+        in vLLM's output collector, before anyone pulls it: a paced stream (deployment.stream_flush_ms) then pulls
+        its end at once instead of at its next tick. Reads vLLM 0.32's OutputProcessor (external -> internal request
+        ids, each request state's collector); False where those are not there (the stream keeps its ticks)."""
+        processor = getattr(self._llm, "output_processor", None)
+        internal = getattr(processor, "external_req_ids", {}).get(request_id)
+        state = processor.request_states.get(internal[0]) if internal else None
+        collector = getattr(state, "queue", None)
+        if collector is None or not hasattr(collector, "put"):
+            return False
+        put = collector.put
+
+        def put_and_tell(output) -> None:
+            put(output)
+            if getattr(output, "finished", True):  # an exception or STREAM_FINISHED has no `finished`: the end too
+                callback()
+
+        collector.put = put_and_tell
+        pending = getattr(collector, "output", None)
+        if pending is not None and getattr(pending, "finished", True):
+            callback()  # already there
+        return True
 
     async def abort(self, request_id: str) -> None:
         if self._llm is not None:
