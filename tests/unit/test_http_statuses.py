@@ -108,7 +108,8 @@ async def _tracked(config, direct):
     from gemma_serving.telemetry.metrics import RouterMetrics
 
     class Health:
-        seen = {}
+        def __init__(self):
+            self.seen = {}
 
         async def observe_replicas(self, kind, running):
             self.seen[kind] = running

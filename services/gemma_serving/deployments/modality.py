@@ -145,16 +145,13 @@ class ModalityDeployment:
         """Send the request's chunks to `sink` and end it (a Serve call's or a direct call's stream)."""
         pace = self._stream_flush_s
         loop = asyncio.get_running_loop()
-        tick, watched = TickWait(loop), not pace
+        tick: TickWait | None = None
         async with asyncio.timeout(request.budget_s):  # a backstop: the router enforces the deadline itself
             async for chunk in self._engine_chunks(request, request_id):
                 sink.send(chunk)
                 if pace and chunk.finish_reason is None:
-                    if not watched:  # the engine knows the request once it has produced output
-                        watched = True
-                        watch = getattr(self.engine, "on_final_output", None)
-                        if watch is not None:
-                            watch(request_id, tick.final)
+                    if tick is None:  # the engine knows the request once it has produced output
+                        tick = self._tick_wait(request_id, loop)
                     # Adaptive coalescing: the first delta went at once; the engine keeps generating while this
                     # stream waits, and vLLM merges its deltas meanwhile, so the next pull gets them all in one.
                     # Every stream wakes on the same tick (the next multiple of the window on the loop clock), so
@@ -162,7 +159,17 @@ class ModalityDeployment:
                     # a stream whose final output is ready wakes at once.
                     await tick.wait(pace - loop.time() % pace)
         sink.end()
-        self.paced_ends_at_once += tick.cut_short
+        if tick is not None:
+            self.paced_ends_at_once += tick.cut_short
+
+    def _tick_wait(self, request_id: str, loop: asyncio.AbstractEventLoop) -> TickWait:
+        """A paced stream's tick wait, ended early by the engine when it can tell the request's final output is in
+        (the optional `on_final_output` of engines/base.py)."""
+        tick = TickWait(loop)
+        watch = getattr(self.engine, "on_final_output", None)
+        if watch is not None:
+            watch(request_id, tick.final)
+        return tick
 
     def _admits_direct_call(self) -> bool:
         """Room for one more request on the engine (Serve-routed ones count too)."""

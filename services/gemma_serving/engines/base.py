@@ -13,6 +13,11 @@ class Engine(Protocol):
 
     Implementations raise `gemma_serving.errors` exceptions: InvalidRequest for input the model cannot take,
     EngineDead when the engine is gone; anything else is treated as internal.
+
+    Optional (looked up with getattr, so engines without it still satisfy the protocol):
+    `on_final_output(request_id, callback) -> bool` calls `callback` on the event loop once the running request's
+    final output is ready, before it is pulled (a paced stream then sends its end at once); False when the engine
+    cannot tell (VllmEngine, FakeEngine with merge_late).
     """
 
     async def start(self) -> None:
