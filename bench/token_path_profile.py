@@ -19,7 +19,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 import psutil  # noqa: E402
 from bench_common import exit_stopping_ray, progress  # noqa: E402
-from loadgen import GrpcTarget, SamplingSpec, make_prompts, run_closed  # noqa: E402
+from loadgen import GrpcTarget, OpenAIChatTarget, SamplingSpec, make_prompts, run_closed  # noqa: E402
 from token_path import model_config, start_platform  # noqa: E402
 
 
@@ -49,21 +49,43 @@ def top(path: Path, n: int = 25) -> None:
         print(f"{100 * c / total:5.1f}%  {f[:150]}")
 
 
+async def cpu_per_request(target, sampling: SamplingSpec, concurrency: int, pids: dict[str, int]) -> None:
+    """CPU per request and per output token of each process from /proc, before py-spy attaches."""
+    procs = {d: psutil.Process(pid) for d, pid in pids.items()}
+    await target.open()
+    await run_closed(target, make_prompts(16), sampling, concurrency=concurrency, requests=16)  # warm
+    before = {d: sum(p.cpu_times()[:2]) for d, p in procs.items()}
+    t0 = time.monotonic()
+    records = await run_closed(target, make_prompts(64), sampling, concurrency=concurrency, requests=200)
+    wall = time.monotonic() - t0
+    tokens = sum(r.output_tokens for r in records)
+    for d, p in procs.items():
+        cpu = sum(p.cpu_times()[:2]) - before[d]
+        print(f"{d}: {1e3 * cpu / len(records):.2f} ms CPU/request, {1e3 * cpu / max(tokens, 1):.3f} ms/token, "
+              f"{1e3 * cpu / wall:.1f} ms/s over {wall:.1f} s; {len(records)} requests, {tokens} tokens")
+    await target.close()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--seconds", type=int, default=15)
     p.add_argument("--stream-flush-ms", type=float, default=None)
+    p.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (2: per-request cost)")
+    p.add_argument("--native", action="store_true", help="py-spy --native: C frames too (grpc, uvloop, zmq)")
+    p.add_argument("--surface", choices=("grpc", "openai"), default="grpc")
     args = p.parse_args()
     cfg = model_config(64)
-    grpc_port, _ = start_platform(cfg, args.stream_flush_ms)
+    grpc_port, http_port = start_platform(cfg, args.stream_flush_ms)
     pids = {d: replica_pid(d) for d in ("router", "text")}
     progress(f"platform up; pids {pids}")
-    target = GrpcTarget(f"127.0.0.1:{grpc_port}", cfg["name"])
-    sampling = SamplingSpec(max_tokens=64, ignore_eos=True)
+    target = (GrpcTarget(f"127.0.0.1:{grpc_port}", cfg["name"]) if args.surface == "grpc"
+              else OpenAIChatTarget(f"http://127.0.0.1:{http_port}/v1", cfg["name"]))
+    sampling = SamplingSpec(max_tokens=args.max_tokens, ignore_eos=True)
+    asyncio.run(cpu_per_request(target, sampling, args.concurrency, pids))
     spies = {d: subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
                                   "--duration", str(args.seconds), "--rate", "200", "--format", "raw",
-                                  "--nonblocking", "-o", f"/tmp/pyspy_{d}.txt"],
+                                  *(["--native"] if args.native else ["--nonblocking"]), "-o", f"/tmp/pyspy_{d}.txt"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d, pid in pids.items()}
 
     async def load():

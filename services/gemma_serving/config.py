@@ -322,7 +322,7 @@ class RouterSettings(Strict):
     )
     delta_channel_port: int = Field(
         0, ge=0, le=65535,
-        description="Port of the router's token-path channel (ZeroMQ PULL) that replicas push deltas to; 0 picks a "
+        description="Port of the router's token-path channel (plain TCP) that replicas push deltas to; 0 picks a "
         "free one. Replicas reach it at this node's Ray address, so it must be open between pods, not outside.",
     )
 

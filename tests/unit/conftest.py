@@ -68,6 +68,15 @@ async def make_deployment(kind: ServiceKind, service: ServiceConfig, engine: Fak
 
 
 @pytest.fixture
+async def subscriber():
+    """A router's delta channel end on loopback (real TCP)."""
+    sub = DeltaSubscriber("127.0.0.1", "127.0.0.1")
+    await sub.start()
+    yield sub
+    await sub.stop()
+
+
+@pytest.fixture
 def config():
     return parse_config(CONFIG)
 

@@ -70,14 +70,6 @@ class ScriptedHandle:
         return self.streams.pop(0).start(address, stream)
 
 
-@pytest.fixture
-async def subscriber():
-    sub = DeltaSubscriber("127.0.0.1", "127.0.0.1")
-    await sub.start()
-    yield sub
-    await sub.stop()
-
-
 def chunk(text: str, n: int) -> Chunk:
     return Chunk(text, prompt_tokens=3, completion_tokens=n)
 

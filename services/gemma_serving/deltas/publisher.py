@@ -1,4 +1,5 @@
-"""The replica's end of the channel: deltas of all in-flight requests, batched per router, one message per pass."""
+"""The replica's end of the channel: deltas of all in-flight requests, batched per router, one message per pass,
+over one TCP connection per router (plain asyncio streams on the replica's event loop, no I/O thread)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import logging
 import time
 from collections import OrderedDict
 
-import zmq
-
-from gemma_serving.deltas.wire import ENCODER, Delta, error_fields
+from gemma_serving.deltas.wire import Delta, error_fields, framed, parse_channel_address
 from gemma_serving.engines.types import Chunk
 
 log = logging.getLogger(__name__)
 
-#: Routers a replica keeps a socket open to (least recently used closed beyond): routers come and go on redeploys.
+#: Routers a replica keeps a connection open to (least recently used closed beyond): routers come and go on redeploys.
 MAX_ROUTERS = 64
-#: Messages queued per router before sends fail (a router that stopped reading); each holds one engine step.
-SEND_HIGH_WATER_MARK = 100_000
+#: Bytes waiting for one router (in the connection's buffer, or while it connects) before messages are dropped: a
+#: router that stopped reading. Its streams then fail on their own (deadline, the call's end without its tail).
+MAX_BUFFERED_BYTES = 64 << 20
+#: After a failed connection attempt, messages for that router are dropped for this long before the next attempt (a
+#: router that is gone: no connection attempt per engine step).
+RECONNECT_AFTER_S = 1.0
 
 
 class DeltaPublisher:
@@ -28,10 +31,7 @@ class DeltaPublisher:
     """
 
     def __init__(self) -> None:
-        # pyzmq's shared context: a context of our own would block the garbage collector (Context.__del__ waits for
-        # its sockets) when a replica object goes away without close().
-        self._context = zmq.Context.instance()
-        self._sockets: OrderedDict[str, zmq.Socket] = OrderedDict()
+        self._links: OrderedDict[str, _RouterLink] = OrderedDict()
         self._batches: dict[str, list[Delta]] = {}
         self._soon = False
 
@@ -54,31 +54,106 @@ class DeltaPublisher:
         batches, self._batches = self._batches, {}
         for address, batch in batches.items():
             try:
-                self._socket(address).send(ENCODER.encode(batch), zmq.NOBLOCK)
-            except zmq.ZMQError as exc:  # zmq.Again: that router stopped reading; its calls fail on their own
-                log.warning("could not send %d deltas to router %s: %s", len(batch), address, exc)
+                link = self._link(address)
+            except ValueError as exc:  # not a router's channel address (only routers send them; never expected)
+                log.warning("dropped %d deltas: %s", len(batch), exc)
+                continue
+            link.send(framed(batch))
 
-    def _socket(self, address: str) -> zmq.Socket:
-        sock = self._sockets.get(address)
-        if sock is not None:
-            self._sockets.move_to_end(address)
-            return sock
-        sock = self._context.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, SEND_HIGH_WATER_MARK)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
-        self._sockets[address] = sock
-        while len(self._sockets) > MAX_ROUTERS:
-            _, old = self._sockets.popitem(last=False)
+    def _link(self, address: str) -> _RouterLink:
+        loop = asyncio.get_running_loop()
+        link = self._links.get(address)
+        if link is not None and link.loop is loop:
+            self._links.move_to_end(address)
+            return link
+        if link is not None:  # made on another event loop (tests run one per test): that loop's transport is gone
+            link.close()
+        link = self._links[address] = _RouterLink(address, loop)
+        while len(self._links) > MAX_ROUTERS:
+            _, old = self._links.popitem(last=False)
             old.close()
-        return sock
+        return link
 
     def close(self) -> None:
         if self._batches:
             self.flush()
-        for sock in self._sockets.values():
-            sock.close()
-        self._sockets.clear()
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+
+
+class _RouterLink(asyncio.Protocol):
+    """The connection to one router: messages written in order, held while it (re)connects, dropped (with one
+    warning per episode) when the router cannot be reached or stopped reading."""
+
+    def __init__(self, address: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.address, self.loop = address, loop
+        self._host, self._port = parse_channel_address(address)
+        self._transport: asyncio.Transport | None = None
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._connecting: asyncio.Task | None = None
+        self._failed_at = float("-inf")
+        self._dropped = 0
+        self._closed = False
+
+    def send(self, message: bytes) -> None:
+        transport = self._transport
+        if transport is not None:
+            if transport.get_write_buffer_size() + len(message) <= MAX_BUFFERED_BYTES:
+                transport.write(message)
+                return
+            self._drop(1, "it stopped reading")
+            return
+        if self._closed or self.loop.time() - self._failed_at < RECONNECT_AFTER_S:
+            self._drop(1, "it cannot be reached")
+            return
+        if self._held_bytes + len(message) > MAX_BUFFERED_BYTES:
+            self._drop(1, "it is not connected yet")
+            return
+        self._held.append(message)
+        self._held_bytes += len(message)
+        if self._connecting is None:
+            self._connecting = self.loop.create_task(self._connect(), name="delta-channel-connect")
+
+    async def _connect(self) -> None:
+        try:
+            await self.loop.create_connection(lambda: self, self._host, self._port)
+        except OSError as exc:
+            self._failed_at = self.loop.time()
+            self._drop(len(self._held), f"it cannot be reached ({type(exc).__name__})")
+            self._held, self._held_bytes = [], 0
+        finally:
+            self._connecting = None
+
+    def connection_made(self, transport) -> None:
+        if self._closed:
+            transport.close()
+            return
+        self._transport = transport
+        if self._dropped:
+            log.info("delta channel to router %s open again after %d dropped messages", self.address, self._dropped)
+            self._dropped = 0
+        held, self._held, self._held_bytes = self._held, [], 0
+        if held:
+            transport.write(b"".join(held))
+
+    def connection_lost(self, exc) -> None:
+        self._transport = None  # the next message connects again
+
+    def _drop(self, messages: int, why: str) -> None:
+        if not self._dropped:
+            log.warning("dropping delta messages for router %s: %s (its streams fail on their own)", self.address,
+                        why)
+        self._dropped += messages
+
+    def close(self) -> None:
+        self._closed = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._transport is not None and not self.loop.is_closed():
+            self._transport.close()
+        self._transport = None
 
 
 class StreamSink:

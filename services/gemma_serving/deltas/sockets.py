@@ -1,5 +1,5 @@
-"""The one way this package listens: a PULL socket on a node address (port 0: any free one), reachable at the
-address it advertises."""
+"""How a replica listens for direct calls (deltas/calls.py): a ZeroMQ PULL socket on a node address (port 0: any free
+one), reachable at the address it advertises. (The delta channel back to routers is plain TCP: deltas/subscriber.py.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The router's end of the channel: one PULL socket every replica pushes to, deltas handed to per-stream inboxes."""
+"""The router's end of the channel: one TCP port every replica pushes to, deltas handed to per-stream inboxes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import secrets
 
 import msgspec
 
-from gemma_serving.deltas.sockets import listen
-from gemma_serving.deltas.wire import Delta, decoder
+from gemma_serving.deltas.wire import MAX_MESSAGE_BYTES, Delta, FrameReader, channel_address, decoder
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +52,30 @@ class Inbox:
 
 
 class DeltaSubscriber:
-    """Binds a PULL socket on `bind_host` (port 0: any free one) and dispatches every delta to its stream's inbox.
+    """Listens on `bind_host` (port 0: any free one) for replicas' channel connections (plain TCP, one per replica)
+    and dispatches every delta to its stream's inbox.
 
     `address` is what replicas connect to: `advertise_host` (this node's address as other nodes see it) and the port.
+    Plain TCP on the event loop, not ZeroMQ: a message is read by this loop's own epoll wake, with no I/O thread
+    to hand it over (~40 against ~280 us of CPU per message arriving 20 ms apart on the dev VM: README, the token
+    path).
     """
 
     def __init__(self, bind_host: str, advertise_host: str, port: int = 0) -> None:
         self._bind_host, self._advertise_host, self._port = bind_host, advertise_host, port
         self._inboxes: dict[int, Inbox] = {}
-        self._socket = None
-        self._task: asyncio.Task | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Transport] = set()
+        self._decode = decoder().decode
         self.address = ""
         self.messages_received = 0
 
     async def start(self) -> None:
-        self._socket, self.address = listen(self._bind_host, self._advertise_host, self._port)
-        self._task = asyncio.create_task(self._read(), name="delta-subscriber")
+        host = None if self._bind_host in ("0.0.0.0", "::") else self._bind_host
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _ChannelConnection(self), host, self._port)
+        port = self._server.sockets[0].getsockname()[1]
+        self.address = channel_address(self._advertise_host, port)
 
     def open(self) -> Inbox:
         """A new stream with an unguessable id; `close` it when done."""
@@ -83,28 +90,50 @@ class DeltaSubscriber:
     def open_streams(self) -> int:
         return len(self._inboxes)
 
-    async def _read(self) -> None:
-        decode = decoder().decode
+    def _dispatch(self, message: bytes | memoryview) -> None:
+        self.messages_received += 1
+        try:
+            deltas = self._decode(message)
+        except msgspec.MsgspecError as exc:
+            log.warning("dropped a malformed delta message (%d bytes): %s", len(message), type(exc).__name__)
+            return
         inboxes = self._inboxes
-        recv = self._socket.recv
-        while True:
-            message = await recv()
-            self.messages_received += 1
-            try:
-                deltas = decode(message)
-            except msgspec.MsgspecError as exc:
-                log.warning("dropped a malformed delta message (%d bytes): %s", len(message), type(exc).__name__)
-                continue
-            for delta in deltas:
-                inbox = inboxes.get(delta.stream)
-                if inbox is not None:  # else: a stream given up already (cancelled, timed out, retried)
-                    inbox.put(delta)
+        for delta in deltas:
+            inbox = inboxes.get(delta.stream)
+            if inbox is not None:  # else: a stream given up already (cancelled, timed out, retried)
+                inbox.put(delta)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+        for transport in list(self._connections):
+            transport.close()
         for inbox in list(self._inboxes.values()):
             inbox.interrupt("closed")
-        if self._socket is not None:
-            self._socket.close()
+
+
+class _ChannelConnection(asyncio.Protocol):
+    """One replica's connection: its byte stream split into messages, each dispatched at once."""
+
+    def __init__(self, subscriber: DeltaSubscriber) -> None:
+        self._subscriber = subscriber
+        self._reader = FrameReader()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        self._subscriber._connections.add(transport)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        dispatch = self._subscriber._dispatch
+        for message in reader.feed(data):
+            dispatch(message)
+        if reader.refused is not None:  # not a replica of ours: nothing after it can be framed
+            log.warning("closed a delta channel connection from %s: a message of %d bytes (at most %d)",
+                        self._transport.get_extra_info("peername"), reader.refused, MAX_MESSAGE_BYTES)
+            self._transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self._subscriber._connections.discard(self._transport)
+

@@ -1,4 +1,5 @@
-"""What one delta looks like on the channel: a msgspec struct encoded as a msgpack array.
+"""What one delta looks like on the channel: a msgspec struct encoded as a msgpack array; a channel message is a list
+of deltas, framed on the TCP stream by a 4-byte big-endian length.
 
 msgpack, not pickle: the router decodes whatever reaches its channel port, and a typed decoder refuses anything that
 is not a list of deltas instead of executing it.
@@ -50,6 +51,53 @@ def error_from_fields(fields: tuple[str, str, str | None, float | None]) -> Gemm
     return named(name)(message, field=field, retry_after_s=retry_after_s)
 
 
+#: The largest channel message a router reads (one engine step of every stream bound for it, logprobs included); a
+#: longer length prefix is not a sender of ours, and its connection is closed.
+MAX_MESSAGE_BYTES = 64 << 20
+_LENGTH = 4
+
+
+def framed(batch: list[Delta]) -> bytes:
+    """One channel message as it goes on the stream: its length, then the msgpack list of deltas."""
+    body = ENCODER.encode(batch)
+    return len(body).to_bytes(_LENGTH, "big") + body
+
+
+class FrameReader:
+    """Splits a TCP byte stream into channel messages (their msgpack bodies)."""
+
+    __slots__ = ("_buffer", "refused")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        #: The length prefix above MAX_MESSAGE_BYTES that stopped this reader (nothing after it can be framed).
+        self.refused: int | None = None
+
+    def feed(self, data: bytes) -> list[bytes | memoryview]:
+        """The messages `data` completes (none once `refused` is set)."""
+        if self.refused is not None:
+            return []
+        if not self._buffer and len(data) >= _LENGTH:  # the usual case: whole messages, nothing carried over
+            size = int.from_bytes(data[:_LENGTH], "big")
+            if size + _LENGTH == len(data) and size <= MAX_MESSAGE_BYTES:
+                return [memoryview(data)[_LENGTH:]]
+        buffer = self._buffer
+        buffer += data
+        messages, offset, end = [], 0, len(buffer)
+        while end - offset >= _LENGTH:
+            size = int.from_bytes(buffer[offset:offset + _LENGTH], "big")
+            if size > MAX_MESSAGE_BYTES:
+                self.refused = size
+                buffer.clear()
+                return messages
+            if end - offset - _LENGTH < size:
+                break
+            messages.append(bytes(buffer[offset + _LENGTH:offset + _LENGTH + size]))
+            offset += _LENGTH + size
+        del buffer[:offset]
+        return messages
+
+
 def decoder() -> msgspec.msgpack.Decoder:
     """A decoder of one channel message (a batch of deltas); raises msgspec errors on anything else."""
     return msgspec.msgpack.Decoder(list[Delta])
@@ -65,3 +113,16 @@ def merge(deltas: list[Delta], queue_seconds: float | None = None) -> Chunk:
         logprobs = tuple(TokenLogprob(token, logprob, tuple(tuple(a) for a in top))
                          for d in deltas if d.logprobs for token, logprob, top in d.logprobs)
     return Chunk(text, last.prompt_tokens, last.completion_tokens, finish, queue_seconds, logprobs=logprobs)
+
+
+def channel_address(host: str, port: int) -> str:
+    """The address replicas are given: tcp://host:port (an IPv6 host in brackets)."""
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def parse_channel_address(address: str) -> tuple[str, int]:
+    """(host, port) of a channel address; ValueError for anything else."""
+    if not address.startswith("tcp://"):
+        raise ValueError(f"not a delta channel address: {address[:80]!r}")
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    return host.strip("[]"), int(port)
