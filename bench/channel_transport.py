@@ -1,13 +1,16 @@
 """The delta channel's transport, side by side: CPU per message of the sending replica and the receiving router when
-messages arrive apart (cold wakes, as at low concurrency), plain TCP on the event loop against ZeroMQ PUSH/PULL.
+messages arrive apart (cold wakes, as at low concurrency), plain TCP on the event loop against ZeroMQ PUSH/PULL; and
+the replica's read of vLLM's engine-core socket (ZeroMQ), through pyzmq's asyncio socket or EngineOutputReader.
 
-    .venv/bin/python bench/channel_transport.py            # ~1.5 min; writes bench/results/channel_transport.json
+    .venv/bin/python bench/channel_transport.py            # ~3 min; writes bench/results/channel_transport.json
     .venv/bin/python bench/channel_transport.py --quick
 
 * tcp:  the platform's channel (`DeltaPublisher` -> `DeltaSubscriber`: asyncio TCP, length-framed msgpack);
 * zmq:  the channel before (a PUSH socket sending NOBLOCK from the loop -> a zmq.asyncio PULL socket read in a loop
         task), same msgpack messages;
-* timer: the sender's own timer wakes alone (no message): the floor under both senders.
+* timer: the sender's own timer wakes alone (no message): the floor under both senders;
+* zmq-direct-read: the zmq sender, the PULL socket read by `engines/vllm_outputs.EngineOutputReader` (what vLLM's
+        output task reads through in our replicas; "zmq" is how vLLM reads it: `await recv_multipart(copy=False)`).
 
 Each message is one delta of one stream (what a c=1 stream sends per tick); the gap between messages is the tick.
 CPU from /proc (psutil) of each process over the run; rounds interleave the transports; medians are reported.
@@ -29,7 +32,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import psutil  # noqa: E402
 from bench_common import RESULTS_DIR, cpu_model, progress  # noqa: E402
 
-TRANSPORTS = ("tcp", "zmq", "timer")
+TRANSPORTS = ("tcp", "zmq", "timer", "zmq-direct-read")
 
 
 def _cpu(pid: int) -> float:
@@ -41,18 +44,19 @@ def _receiver(transport: str, ready) -> None:
     import uvloop
 
     async def main() -> None:
-        if transport == "zmq":
+        if transport.startswith("zmq"):
             import zmq
             import zmq.asyncio
+            from gemma_serving.deltas.wire import decoder
+            from gemma_serving.engines.vllm_outputs import EngineOutputReader
 
             sock = zmq.asyncio.Context.instance().socket(zmq.PULL)
             port = sock.bind_to_random_port("tcp://127.0.0.1")
             ready.send(f"tcp://127.0.0.1:{port}")
-            from gemma_serving.deltas.wire import decoder
-
+            read = sock if transport == "zmq" else EngineOutputReader(sock, asyncio.get_running_loop())
             decode = decoder().decode
             while True:
-                decode(await sock.recv())
+                decode((await read.recv_multipart(copy=False))[0].buffer)
         from gemma_serving.deltas.subscriber import DeltaSubscriber
 
         sub = DeltaSubscriber("127.0.0.1", "127.0.0.1")
@@ -73,7 +77,7 @@ def _sender(transport: str, address: str, gap_s: float, messages: int, go, done)
         from gemma_serving.engines.types import Chunk
 
         send = None
-        if transport == "zmq":
+        if transport.startswith("zmq"):
             import zmq
 
             sock = zmq.Context.instance().socket(zmq.PUSH)
@@ -103,7 +107,7 @@ def _sender(transport: str, address: str, gap_s: float, messages: int, go, done)
 def one_run(transport: str, gap_s: float, messages: int) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     ready_r, ready_w = ctx.Pipe(False)
-    receiver = ctx.Process(target=_receiver, args=("zmq" if transport == "zmq" else "tcp", ready_w), daemon=True)
+    receiver = ctx.Process(target=_receiver, args=("tcp" if transport == "timer" else transport, ready_w), daemon=True)
     receiver.start()
     address = ready_r.recv()
     go_here, go_there = ctx.Pipe()
@@ -128,12 +132,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=None)
     args = p.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
-    steps = {0.02: 200 if args.quick else 400, 0.002: 1000 if args.quick else 3000}
+    steps = {0.02: 200 if args.quick else 400, 0.004: 500 if args.quick else 1500}
     load = psutil.getloadavg()
     runs: dict[str, dict[str, list[dict[str, float]]]] = {}
     for r in range(rounds):
         for gap_s, messages in steps.items():
-            for transport in TRANSPORTS[r % 3:] + TRANSPORTS[:r % 3]:  # rotated: background drift spreads evenly
+            for transport in TRANSPORTS[r % 4:] + TRANSPORTS[:r % 4]:  # rotated: background drift spreads evenly
                 res = one_run(transport, gap_s, messages)
                 runs.setdefault(f"{gap_s * 1000:g}ms", {}).setdefault(transport, []).append(res)
                 progress(f"round {r + 1} gap {gap_s * 1000:g} ms {transport}: receiver {res['receiver_us']:.0f} us, "
@@ -142,11 +146,12 @@ def main() -> None:
                      for t, rs in by_t.items()} for gap, by_t in runs.items()}
     for gap, by_t in summary.items():
         timer = by_t["timer"]["sender_us"]
-        for t in ("tcp", "zmq"):
+        for t in ("tcp", "zmq", "zmq-direct-read"):
             by_t[t]["sender_less_timer_us"] = by_t[t]["sender_us"] - timer
         print(f"gap {gap}: tcp receiver {by_t['tcp']['receiver_us']:.0f} us vs zmq {by_t['zmq']['receiver_us']:.0f}; "
               f"sender (less its timer) tcp {by_t['tcp']['sender_less_timer_us']:.0f} vs zmq "
-              f"{by_t['zmq']['sender_less_timer_us']:.0f} us per message")
+              f"{by_t['zmq']['sender_less_timer_us']:.0f} us per message; vLLM's socket read by pyzmq's asyncio "
+              f"{by_t['zmq']['receiver_us']:.0f} vs EngineOutputReader {by_t['zmq-direct-read']['receiver_us']:.0f} us")
     out = {"machine": {"cpu": cpu_model(), "cores": psutil.cpu_count(), "load_average_start": load,
                        "load_average_end": psutil.getloadavg()},
            "rounds": rounds, "messages": {f"{g * 1000:g}ms": n for g, n in steps.items()},

@@ -107,3 +107,14 @@ def test_a_paced_stream_ends_as_soon_as_vllm_has_its_final_output(stub, describe
         assert "".join(c.text for c in chunks) and chunks[-1].usage.completion_tokens == TOKENS
     # Each stream waits for its tick nearly all the time between pulls, so its final output lands in a wait.
     assert describe("text")["paced_ends_at_once"] - before >= 4
+
+
+def test_the_replica_reads_vllms_engine_outputs_without_pyzmqs_asyncio_futures(stub, describe):
+    """vLLM's output task reads every engine step through EngineOutputReader (engines/vllm_outputs.py): each token
+    of a sequential stream is one engine step, so one read at least."""
+    before = describe("text")["engine_output_reads"]
+    assert before is not None, "vLLM's output socket is read through pyzmq's asyncio socket"
+    for i in range(4):
+        chunks = list(stub.GenerateStream(_request(i), timeout=60))
+        assert "".join(c.text for c in chunks) and chunks[-1].usage.completion_tokens == TOKENS
+    assert describe("text")["engine_output_reads"] - before >= 4 * TOKENS

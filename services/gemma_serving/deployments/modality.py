@@ -215,6 +215,8 @@ class ModalityDeployment:
             "model": self.config.model.name,
             "engine_start_seconds": getattr(self.engine, "start_seconds", None),
             "paced_ends_at_once": self.paced_ends_at_once,
+            # vLLM engine-core output messages read without pyzmq's asyncio socket (engines/vllm_outputs.py).
+            "engine_output_reads": getattr(self.engine, "output_reads", None),
             # User requests only: a health probe generation in flight is not one.
             "in_flight": sum(not r.startswith(PROBE_REQUEST_PREFIX) for r in getattr(self.engine, "in_flight", ())),
             "engine_load": await self.record_autoscaling_stats(),

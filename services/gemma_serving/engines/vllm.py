@@ -22,6 +22,7 @@ from gemma_serving.engines.types import (
     GenerationRequest,
     TokenLogprob,
 )
+from gemma_serving.engines.vllm_outputs import read_engine_outputs_directly
 from gemma_serving.errors import EngineDead, GemmaServingError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ class VllmEngine:
         args = AsyncEngineArgs(**fields)
         # No stat loggers: vLLM's statistics stay off (disable_log_stats), no per-step stats work.
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=list(self.stat_loggers) or None)
+        # Before the first await: vLLM's output task (created, not yet run) then reads through it from the start.
+        self._output_reader = read_engine_outputs_directly(self._llm)
         self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, str(self._path))
         self.start_seconds = time.monotonic() - began
         log.info("engine for %s ready in %.1f s", self._model.name, self.start_seconds)
@@ -224,6 +227,12 @@ class VllmEngine:
             # Closing the vLLM generator aborts the request in the engine (frees its KV cache) if still running.
             await stream.aclose()
             self.in_flight.discard(request_id)
+
+    @property
+    def output_reads(self) -> int | None:
+        """Engine-core output messages read by EngineOutputReader (None: read through pyzmq's asyncio socket)."""
+        reader = getattr(self, "_output_reader", None)
+        return reader.messages if reader is not None else None
 
     def on_final_output(self, request_id: str, callback: Callable[[], None]) -> bool:
         """Call `callback` (on the event loop, once or more) as soon as the request's final output, or its error, is
