@@ -21,6 +21,8 @@ MAX_BUFFERED_BYTES = 64 << 20
 #: After a failed connection attempt, messages for that router are dropped for this long before the next attempt (a
 #: router that is gone: no connection attempt per engine step).
 RECONNECT_AFTER_S = 1.0
+#: A connection attempt that takes longer fails (a node that vanished answers nothing: no kernel-length wait).
+CONNECT_TIMEOUT_S = 5.0
 
 
 class DeltaPublisher:
@@ -118,8 +120,9 @@ class _RouterLink(asyncio.Protocol):
 
     async def _connect(self) -> None:
         try:
-            await self.loop.create_connection(lambda: self, self._host, self._port)
-        except OSError as exc:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self.loop.create_connection(lambda: self, self._host, self._port)
+        except OSError as exc:  # TimeoutError included
             self._failed_at = self.loop.time()
             self._drop(len(self._held), f"it cannot be reached ({type(exc).__name__})")
             self._held, self._held_bytes = [], 0
