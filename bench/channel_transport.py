@@ -31,13 +31,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 import psutil  # noqa: E402
 from bench_common import RESULTS_DIR, cpu_model, progress  # noqa: E402
+from procstats import cpu_seconds  # noqa: E402
 
 TRANSPORTS = ("tcp", "zmq", "timer", "zmq-direct-read")
-
-
-def _cpu(pid: int) -> float:
-    t = psutil.Process(pid).cpu_times()
-    return t.user + t.system
 
 
 def _receiver(transport: str, ready) -> None:
@@ -116,10 +112,10 @@ def one_run(transport: str, gap_s: float, messages: int) -> dict[str, float]:
     sender.start()
     try:
         go_here.recv()
-        before = _cpu(receiver.pid), _cpu(sender.pid)
+        before = cpu_seconds(psutil.Process(receiver.pid)), cpu_seconds(psutil.Process(sender.pid))
         go_here.send("go")
         done_r.recv()
-        after = _cpu(receiver.pid), _cpu(sender.pid)
+        after = cpu_seconds(psutil.Process(receiver.pid)), cpu_seconds(psutil.Process(sender.pid))
     finally:
         sender.kill()
         receiver.kill()

@@ -13,7 +13,8 @@ from collections import defaultdict
 import psutil
 
 
-def _cpu(p: psutil.Process) -> float:
+def cpu_seconds(p: psutil.Process) -> float:
+    """User + system CPU seconds of one process so far."""
     t = p.cpu_times()
     return t.user + t.system
 
@@ -65,7 +66,7 @@ class ProcessGroups:
         out = {}
         for p in procs:
             try:
-                out[p.pid] = (self._group_of(p, names, parents), _cpu(p))
+                out[p.pid] = (self._group_of(p, names, parents), cpu_seconds(p))
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         return out

@@ -20,6 +20,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import psutil  # noqa: E402
 from bench_common import exit_stopping_ray, progress  # noqa: E402
 from loadgen import GrpcTarget, OpenAIChatTarget, SamplingSpec, make_prompts, run_closed  # noqa: E402
+from procstats import cpu_seconds  # noqa: E402
 from token_path import model_config, start_platform  # noqa: E402
 
 
@@ -54,13 +55,13 @@ async def cpu_per_request(target, sampling: SamplingSpec, concurrency: int, pids
     procs = {d: psutil.Process(pid) for d, pid in pids.items()}
     await target.open()
     await run_closed(target, make_prompts(16), sampling, concurrency=concurrency, requests=16)  # warm
-    before = {d: sum(p.cpu_times()[:2]) for d, p in procs.items()}
+    before = {d: cpu_seconds(p) for d, p in procs.items()}
     t0 = time.monotonic()
     records = await run_closed(target, make_prompts(64), sampling, concurrency=concurrency, requests=200)
     wall = time.monotonic() - t0
     tokens = sum(r.output_tokens for r in records)
     for d, p in procs.items():
-        cpu = sum(p.cpu_times()[:2]) - before[d]
+        cpu = cpu_seconds(p) - before[d]
         print(f"{d}: {1e3 * cpu / len(records):.2f} ms CPU/request, {1e3 * cpu / max(tokens, 1):.3f} ms/token, "
               f"{1e3 * cpu / wall:.1f} ms/s over {wall:.1f} s; {len(records)} requests, {tokens} tokens")
     await target.close()

@@ -33,7 +33,7 @@ CONFIG = {
 
 
 class InProcessBackend(DeltaChannelBackend):
-    """The router's real token path (replica call + delta channel over loopback ZeroMQ) with ModalityDeployment
+    """The router's real token path (replica call + delta channel over loopback TCP) with ModalityDeployment
     objects called in-process (an asyncio task stands in for the Serve handle call; no Ray) over FakeEngines."""
 
     def __init__(self, deployments: dict[ServiceKind, ModalityDeployment], subscriber: DeltaSubscriber) -> None:

@@ -1,5 +1,5 @@
 """The router's replica-lifecycle rules in ServeHandleBackend, against scripted deployment handles that stream over
-the real delta channel (loopback ZeroMQ):
+the real delta channel (loopback TCP):
 retry once when a replica is lost before any output, UNAVAILABLE once output has streamed, and a bounded wait for
 the first output (replica start) that respects the request's deadline."""
 

@@ -1,4 +1,4 @@
-"""The token path over the real delta channel (loopback ZeroMQ) behind a real gRPC router: every stream's deltas
+"""The token path over the real delta channel (loopback TCP) behind a real gRPC router: every stream's deltas
 arrive complete and in order under concurrency, and one channel message carries many streams' deltas."""
 
 from __future__ import annotations

@@ -80,15 +80,17 @@ async def test_the_descriptor_is_quiet_while_the_task_is_not_reading():
     push.close()
 
 
-async def test_closing_the_socket_while_waiting_is_clean():
+async def test_closing_the_socket_while_waiting_removes_the_descriptors_callback():
     pull, push = _pair()
-    read_engine_outputs_directly(_llm(pull))
+    reader = read_engine_outputs_directly(_llm(pull))
     task = asyncio.create_task(_read_into(pull, []))
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # waiting on the descriptor
+    fd = reader._socket.FD
     task.cancel()  # what vLLM's shutdown does: cancel the task, close the sockets
     pull.close()
-    await asyncio.gather(task, return_exceptions=True)
-    await asyncio.sleep(0.05)  # no callback on a closed descriptor
+    assert isinstance((await asyncio.gather(task, return_exceptions=True))[0], asyncio.CancelledError)
+    # pyzmq's close removed the reader callback (ours): none is left on a closed, reusable descriptor number
+    assert asyncio.get_running_loop().remove_reader(fd) is False
     push.close()
 
 

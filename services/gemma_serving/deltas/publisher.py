@@ -107,7 +107,7 @@ class _RouterLink(asyncio.Protocol):
                 return
             self._drop(1, "it stopped reading")
             return
-        if self._closed or self.loop.time() - self._failed_at < RECONNECT_AFTER_S:
+        if self.loop.time() - self._failed_at < RECONNECT_AFTER_S:
             self._drop(1, "it cannot be reached")
             return
         if self._held_bytes + len(message) > MAX_BUFFERED_BYTES:
