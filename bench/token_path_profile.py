@@ -67,6 +67,27 @@ async def cpu_per_request(target, sampling: SamplingSpec, concurrency: int, pids
     await target.close()
 
 
+def idle_floor(pids: dict[str, int], seconds: int, native: bool) -> None:
+    """Each process's CPU with no request in flight (after a settling pause), then py-spy samples of it."""
+    procs = {d: psutil.Process(pid) for d, pid in pids.items()}
+    time.sleep(10)
+    before = {d: cpu_seconds(p) for d, p in procs.items()}
+    time.sleep(seconds)
+    for d, p in procs.items():
+        print(f"{d}: idle floor {1e3 * (cpu_seconds(p) - before[d]) / seconds:.1f} ms/s over {seconds} s")
+    for d, spy in record(pids, seconds, native).items():
+        spy.wait(seconds + 60)
+        top(Path(f"/tmp/pyspy_{d}.txt"))
+
+
+def record(pids: dict[str, int], seconds: int, native: bool) -> dict[str, subprocess.Popen]:
+    """py-spy recording each process for `seconds` (raw stacks in /tmp/pyspy_<name>.txt)."""
+    return {d: subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                                 "--duration", str(seconds), "--rate", "200", "--format", "raw",
+                                 *(["--native"] if native else ["--nonblocking"]), "-o", f"/tmp/pyspy_{d}.txt"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d, pid in pids.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--concurrency", type=int, default=16)
@@ -75,6 +96,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (2: per-request cost)")
     p.add_argument("--native", action="store_true", help="py-spy --native: C frames too (grpc, uvloop, zmq)")
     p.add_argument("--surface", choices=("grpc", "openai"), default="grpc")
+    p.add_argument("--idle", action="store_true", help="no load: each process's CPU floor (ms/s) and its samples")
     args = p.parse_args()
     cfg = model_config(64)
     grpc_port, http_port = start_platform(cfg, args.stream_flush_ms)
@@ -83,11 +105,11 @@ def main() -> None:
     target = (GrpcTarget(f"127.0.0.1:{grpc_port}", cfg["name"]) if args.surface == "grpc"
               else OpenAIChatTarget(f"http://127.0.0.1:{http_port}/v1", cfg["name"]))
     sampling = SamplingSpec(max_tokens=args.max_tokens, ignore_eos=True)
+    if args.idle:
+        idle_floor(pids, args.seconds, args.native)
+        exit_stopping_ray()
     asyncio.run(cpu_per_request(target, sampling, args.concurrency, pids))
-    spies = {d: subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-                                  "--duration", str(args.seconds), "--rate", "200", "--format", "raw",
-                                  *(["--native"] if args.native else ["--nonblocking"]), "-o", f"/tmp/pyspy_{d}.txt"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for d, pid in pids.items()}
+    spies = record(pids, args.seconds, args.native)
 
     async def load():
         await target.open()

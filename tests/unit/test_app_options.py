@@ -40,7 +40,18 @@ def test_accelerator_becomes_a_resource_request_and_env_reaches_the_replica():
     actor = opts["ray_actor_options"]
     assert actor["num_gpus"] == 1
     assert actor["resources"] == {"accelerator:nvidia-l4": 0.001}
-    assert actor["runtime_env"]["env_vars"] == {"VLLM_CPU_KVCACHE_SPACE": "3", "A": "b"}
+    assert actor["runtime_env"]["env_vars"] == {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+                                                "VLLM_CPU_KVCACHE_SPACE": "3", "A": "b"}
+
+
+def test_serve_metrics_are_handed_to_ray_once_a_second_in_every_replica_unless_a_service_says_otherwise():
+    from gemma_serving.app import build_app
+    from gemma_serving.config import load_config
+
+    router = build_app(load_config())._bound_deployment
+    assert router.ray_actor_options["runtime_env"]["env_vars"]["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"] == "1000"
+    opts = deployment_options(ServiceKind.TEXT, service(env={"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "100"}))
+    assert opts["ray_actor_options"]["runtime_env"]["env_vars"]["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"] == "100"
 
 
 def test_no_accelerator_means_no_resource_constraint():
