@@ -1,5 +1,5 @@
 """Direct calls (deltas/calls.py) between a real DeltaChannelBackend and a real ModalityDeployment over loopback
-ZeroMQ, the replica directory in an in-memory key-value store instead of Ray's: requests go direct, fall back to
+TCP, the replica directory in an in-memory key-value store instead of Ray's: requests go direct, fall back to
 the Serve path when refused, cancel reaches the engine, a replica that drops its connection fails its calls, errors
 come back typed, and an unsigned message is never read."""
 
@@ -190,8 +190,8 @@ async def test_messages_without_the_secret_are_dropped_unread(platform):
     forged = CallClient(CallSigner(b"not the secret" * 3))
     forged.connect(platform.calls.address)
     await _eventually(lambda: forged.connected(platform.calls.address))
-    forged._send(platform.calls.address,
-                 [b"x" * 32, START.to_bytes(1, "big") + (7).to_bytes(8, "big"), b"tcp://x:1", b"cos\n"])
+    forged._send(platform.calls.address, b"x" * 32 + START.to_bytes(1, "big") + (7).to_bytes(8, "big")
+                 + (9).to_bytes(2, "big") + b"tcp://x:1" + b"cos\n")
     assert forged.start(platform.calls.address, request(3), "forged", platform.subscriber.address, 9) is not None
     await _eventually(lambda: platform.calls._server.dropped >= 2)
     assert platform.calls._server.dropped == 2 and platform.engine.seen == []
@@ -220,33 +220,44 @@ async def test_draining_withdraws_refuses_new_calls_and_lets_running_ones_finish
 
 def test_the_directory_drops_replicas_whose_heartbeat_stopped():
     store, now = MemoryStore(), [0.0]
-    store.put("app/text/r1", b'{"address": "tcp://a:1", "beat": 1}')
+    store.put("app/text/r1", b'{"address": "tcp://a:1", "beat": 1, "protocol": 2}')
     directory = ReplicaDirectory(store, "app", clock=lambda: now[0])
     asyncio.run(directory.refresh())
     assert directory.live("text") == ["tcp://a:1"]
     now[0] = 10.0
     asyncio.run(directory.refresh())  # same beat: not moved for 10 s
     assert directory.live("text") == []
-    store.put("app/text/r1", b'{"address": "tcp://a:1", "beat": 2}')
+    store.put("app/text/r1", b'{"address": "tcp://a:1", "beat": 2, "protocol": 2}')
     asyncio.run(directory.refresh())
     assert directory.live("text") == ["tcp://a:1"]
 
 
 def test_routes_count_a_services_live_replicas_for_the_replica_gauge():
     store, now = MemoryStore(), [0.0]
-    store.put("app/text/r1", b'{"address": "tcp://a:1", "beat": 1}')
-    store.put("app/text/r2", b'{"address": "tcp://a:2", "beat": 1}')
+    store.put("app/text/r1", b'{"address": "tcp://a:1", "beat": 1, "protocol": 2}')
+    store.put("app/text/r2", b'{"address": "tcp://a:2", "beat": 1, "protocol": 2}')
     routes = DirectRoutes(CallClient(CallSigner(b"k" * 32)), ReplicaDirectory(store, "app", clock=lambda: now[0]),
                           {TEXT})
     try:
         asyncio.run(routes.refresh())
         assert routes.services == {TEXT} and routes.replicas(TEXT) == 2
         now[0] = 10.0
-        store.put("app/text/r2", b'{"address": "tcp://a:2", "beat": 2}')
+        store.put("app/text/r2", b'{"address": "tcp://a:2", "beat": 2, "protocol": 2}')
         asyncio.run(routes.refresh())
         assert routes.replicas(TEXT) == 1  # r1's heartbeat stopped
     finally:
         routes.close()
+
+
+def test_replicas_of_another_call_protocol_are_counted_but_never_called():
+    """An upgrade runs ZeroMQ-era replicas (no protocol field) beside new ones: routers call only their own kind."""
+    store = MemoryStore()
+    store.put("app/text/old", b'{"address": "tcp://a:1", "beat": 1}')
+    store.put("app/text/new", b'{"address": "tcp://a:2", "beat": 1, "protocol": 2}')
+    directory = ReplicaDirectory(store, "app")
+    asyncio.run(directory.refresh())
+    assert directory.live("text") == ["tcp://a:2"] and directory.all_addresses() == {"tcp://a:2"}
+    assert directory.live_count("text") == 2
 
 
 def test_the_secret_is_made_once_and_shared():
@@ -267,7 +278,7 @@ async def test_a_signed_call_this_version_cannot_read_is_refused_and_goes_throug
 
 def test_the_key_of_a_replica_silent_for_a_minute_is_deleted():
     store, now = MemoryStore(), [0.0]
-    store.put("app/text/crashed", b'{"address": "tcp://a:1", "beat": 3}')
+    store.put("app/text/crashed", b'{"address": "tcp://a:1", "beat": 3, "protocol": 2}')
     store.put("app/secret", b"k" * 32)
     directory = ReplicaDirectory(store, "app", clock=lambda: now[0])
     asyncio.run(directory.refresh())

@@ -5,6 +5,6 @@ cancelling it aborts the engine request, a dead replica fails it), but its delta
 item each: a replica batches the deltas of every in-flight request bound for the same router that are ready in one
 event-loop pass (one engine step) into one message on one TCP connection per router–replica pair, the pattern vLLM
 uses between its engine core and front end (it uses ZeroMQ; plain TCP on the event loop costs a fraction of its CPU
-per message here). Requests reach replicas as signed ZeroMQ direct calls (calls.py). See README, Design: the token
-path.
+per message here). Requests reach replicas as signed direct calls over TCP too (calls.py). See README, Design: the
+token path.
 """

@@ -8,7 +8,8 @@ import logging
 import time
 from collections import OrderedDict
 
-from gemma_serving.deltas.wire import Delta, error_fields, framed, parse_channel_address
+from gemma_serving.deltas.links import OutboundLink
+from gemma_serving.deltas.wire import Delta, error_fields, framed
 from gemma_serving.engines.types import Chunk
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,6 @@ MAX_BUFFERED_BYTES = 64 << 20
 #: After a failed connection attempt, messages for that router are dropped for this long before the next attempt (a
 #: router that is gone: no connection attempt per engine step).
 RECONNECT_AFTER_S = 1.0
-#: A connection attempt that takes longer fails (a node that vanished answers nothing: no kernel-length wait).
-CONNECT_TIMEOUT_S = 5.0
 
 
 class DeltaPublisher:
@@ -84,23 +83,19 @@ class DeltaPublisher:
         self._links.clear()
 
 
-class _RouterLink(asyncio.Protocol):
+class _RouterLink(OutboundLink):
     """The connection to one router: messages written in order, held while it (re)connects, dropped (with one
     warning per episode) when the router cannot be reached or stopped reading."""
 
     def __init__(self, address: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.address, self.loop = address, loop
-        self._host, self._port = parse_channel_address(address)
-        self._transport: asyncio.Transport | None = None
+        super().__init__(address, loop)
         self._held: list[bytes] = []
         self._held_bytes = 0
-        self._connecting: asyncio.Task | None = None
         self._failed_at = float("-inf")
         self._dropped = 0
-        self._closed = False
 
     def send(self, message: bytes) -> None:
-        transport = self._transport
+        transport = self.transport
         if transport is not None:
             if transport.get_write_buffer_size() + len(message) <= MAX_BUFFERED_BYTES:
                 transport.write(message)
@@ -115,48 +110,26 @@ class _RouterLink(asyncio.Protocol):
             return
         self._held.append(message)
         self._held_bytes += len(message)
-        if self._connecting is None:
-            self._connecting = self.loop.create_task(self._connect(), name="delta-channel-connect")
+        self._start_connecting("delta-channel-connect")
 
-    async def _connect(self) -> None:
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await self.loop.create_connection(lambda: self, self._host, self._port)
-        except OSError as exc:  # TimeoutError included
-            self._failed_at = self.loop.time()
-            self._drop(len(self._held), f"it cannot be reached ({type(exc).__name__})")
-            self._held, self._held_bytes = [], 0
-        finally:
-            self._connecting = None
+    def _connect_failed(self, exc: OSError) -> None:
+        self._failed_at = self.loop.time()
+        self._drop(len(self._held), f"it cannot be reached ({type(exc).__name__})")
+        self._held, self._held_bytes = [], 0
 
-    def connection_made(self, transport) -> None:
-        if self._closed:
-            transport.close()
-            return
-        self._transport = transport
+    def _connected(self) -> None:
         if self._dropped:
             log.info("delta channel to router %s open again after %d dropped messages", self.address, self._dropped)
             self._dropped = 0
         held, self._held, self._held_bytes = self._held, [], 0
         if held:
-            transport.write(b"".join(held))
-
-    def connection_lost(self, exc) -> None:
-        self._transport = None  # the next message connects again
+            self.transport.write(b"".join(held))
 
     def _drop(self, messages: int, why: str) -> None:
         if not self._dropped:
             log.warning("dropping delta messages for router %s: %s (its streams fail on their own)", self.address,
                         why)
         self._dropped += messages
-
-    def close(self) -> None:
-        self._closed = True
-        if self._connecting is not None:
-            self._connecting.cancel()
-        if self._transport is not None and not self.loop.is_closed():
-            self._transport.close()
-        self._transport = None
 
 
 class StreamSink:

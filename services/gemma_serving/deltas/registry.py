@@ -3,7 +3,7 @@
 Each replica that serves direct calls (deltas/calls.py) keeps one key, `<app>/<service>/<replica id>` -> its call
 address and a heartbeat counter it bumps every `BEAT_S`; it deletes the key when it drains. Routers read the keys
 every `BEAT_S` and use a replica only while its counter keeps moving (judged on the router's own clock: no clocks
-are compared across hosts) and its socket is connected. The app's signing secret is one more key, created once by
+are compared across hosts) and its connection is up. The app's signing secret is one more key, created once by
 whichever process asks first.
 """
 
@@ -26,6 +26,9 @@ BEAT_S = 1.0
 STALE_AFTER_S = 5.0
 #: ... and after this long its key is deleted (a crashed replica never withdraws it; a live one would write it again).
 FORGET_AFTER_S = 60.0
+#: The direct-call wire a replica speaks, in its announcement: routers use only replicas of their own (an upgrade
+#: runs both for a while). 1 (no field): ZeroMQ; 2: length-framed TCP (deltas/calls.py).
+CALL_PROTOCOL = 2
 
 
 class KeyValueStore(Protocol):
@@ -82,7 +85,8 @@ class ReplicaAnnouncement:
 
     def _write(self) -> None:
         self._beat += 1
-        self._store.put(self._key, json.dumps({"address": self._address, "beat": self._beat}).encode())
+        self._store.put(self._key, json.dumps({"address": self._address, "beat": self._beat,
+                                               "protocol": CALL_PROTOCOL}).encode())
 
     async def start(self) -> None:
         await asyncio.to_thread(self._write)
@@ -108,6 +112,7 @@ class _Seen:
     address: str
     beat: int
     moved_at: float  # router clock
+    ours: bool = True  # speaks this router's CALL_PROTOCOL
 
 
 class ReplicaDirectory:
@@ -117,8 +122,8 @@ class ReplicaDirectory:
         self._store, self._prefix, self._clock = store, f"{app}/", clock
         self._seen: dict[str, dict[str, _Seen]] = {}
 
-    def _read(self) -> dict[str, dict[str, tuple[str, int]]]:
-        found: dict[str, dict[str, tuple[str, int]]] = {}
+    def _read(self) -> dict[str, dict[str, tuple[str, int, bool]]]:
+        found: dict[str, dict[str, tuple[str, int, bool]]] = {}
         for key in self._store.keys(self._prefix):
             parts = key[len(self._prefix):].split("/")
             if len(parts) != 2:
@@ -128,8 +133,11 @@ class ReplicaDirectory:
                 continue  # withdrawn between list and get
             try:
                 value = json.loads(raw)
-                found.setdefault(parts[0], {})[parts[1]] = (str(value["address"]), int(value["beat"]))
-            except (ValueError, KeyError, TypeError):
+                # A replica of another version (an upgrade in progress) is tracked, so its key is forgotten like
+                # any other, but never called: Serve routes to it.
+                found.setdefault(parts[0], {})[parts[1]] = (str(value["address"]), int(value["beat"]),
+                                                             value.get("protocol", 1) == CALL_PROTOCOL)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
         return found
 
@@ -140,10 +148,10 @@ class ReplicaDirectory:
         forgotten: list[str] = []
         for service, replicas in found.items():
             before = self._seen.get(service, {})
-            for replica_id, (address, beat) in replicas.items():
+            for replica_id, (address, beat, ours) in replicas.items():
                 old = before.get(replica_id)
                 moved = old is None or old.beat != beat or old.address != address
-                entry = _Seen(address, beat, now if moved else old.moved_at)
+                entry = _Seen(address, beat, now if moved else old.moved_at, ours)
                 if now - entry.moved_at > FORGET_AFTER_S:
                     forgotten.append(f"{self._prefix}{service}/{replica_id}")
                 else:
@@ -153,10 +161,18 @@ class ReplicaDirectory:
             log.info("deleting the announcement of a replica silent for %.0f s: %s", FORGET_AFTER_S, key)
             await asyncio.to_thread(self._store.delete, key)
 
-    def live(self, service: str) -> list[str]:
-        """Addresses of the service's replicas whose heartbeat moved within STALE_AFTER_S."""
+    def _live(self, service: str) -> list[_Seen]:
         now = self._clock()
-        return [s.address for s in self._seen.get(service, {}).values() if now - s.moved_at <= STALE_AFTER_S]
+        return [s for s in self._seen.get(service, {}).values() if now - s.moved_at <= STALE_AFTER_S]
+
+    def live(self, service: str) -> list[str]:
+        """Call addresses of the service's replicas whose heartbeat moved within STALE_AFTER_S (of this protocol)."""
+        return [s.address for s in self._live(service) if s.ours]
+
+    def live_count(self, service: str) -> int:
+        """The service's replicas whose heartbeat moved within STALE_AFTER_S, of any version."""
+        return len(self._live(service))
 
     def all_addresses(self) -> set[str]:
-        return {s.address for replicas in self._seen.values() for s in replicas.values()}
+        """Call addresses of every known replica of this protocol."""
+        return {s.address for replicas in self._seen.values() for s in replicas.values() if s.ours}

@@ -8,7 +8,7 @@ import secrets
 
 import msgspec
 
-from gemma_serving.deltas.wire import MAX_MESSAGE_BYTES, Delta, FrameReader, channel_address, decoder
+from gemma_serving.deltas.wire import MAX_MESSAGE_BYTES, Delta, FramedConnection, channel_address, decoder
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class DeltaSubscriber:
     async def start(self) -> None:
         host = None if self._bind_host in ("0.0.0.0", "::") else self._bind_host
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _ChannelConnection(self), host, self._port)
+            lambda: FramedConnection(self._dispatch, self._connections, MAX_MESSAGE_BYTES, "delta channel"), host,
+            self._port)
         port = self._server.sockets[0].getsockname()[1]
         self.address = channel_address(self._advertise_host, port)
 
@@ -110,30 +111,3 @@ class DeltaSubscriber:
             transport.close()
         for inbox in list(self._inboxes.values()):
             inbox.interrupt("closed")
-
-
-class _ChannelConnection(asyncio.Protocol):
-    """One replica's connection: its byte stream split into messages, each dispatched at once."""
-
-    def __init__(self, subscriber: DeltaSubscriber) -> None:
-        self._subscriber = subscriber
-        self._reader = FrameReader()
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport) -> None:
-        self._transport = transport
-        self._subscriber._connections.add(transport)
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        dispatch = self._subscriber._dispatch
-        for message in reader.feed(data):
-            dispatch(message)
-        if reader.refused is not None:  # not a replica of ours: nothing after it can be framed
-            log.warning("closed a delta channel connection from %s: a message of %d bytes (at most %d)",
-                        self._transport.get_extra_info("peername"), reader.refused, MAX_MESSAGE_BYTES)
-            self._transport.close()
-
-    def connection_lost(self, exc) -> None:
-        self._subscriber._connections.discard(self._transport)
-

@@ -7,10 +7,16 @@ is not a list of deltas instead of executing it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
+
 import msgspec
 
 from gemma_serving.engines.types import Chunk, FinishReason, TokenLogprob
 from gemma_serving.errors import GemmaServingError, InternalError, named
+
+log = logging.getLogger(__name__)
 
 
 class Delta(msgspec.Struct, array_like=True, gc=False):
@@ -57,20 +63,25 @@ MAX_MESSAGE_BYTES = 64 << 20
 _LENGTH = 4
 
 
-def framed(batch: list[Delta]) -> bytes:
-    """One channel message as it goes on the stream: its length, then the msgpack list of deltas."""
-    body = ENCODER.encode(batch)
+def frame(body: bytes) -> bytes:
+    """One message as it goes on a TCP stream: its length, then its body."""
     return len(body).to_bytes(_LENGTH, "big") + body
 
 
+def framed(batch: list[Delta]) -> bytes:
+    """One channel message as it goes on the stream: its length, then the msgpack list of deltas."""
+    return frame(ENCODER.encode(batch))
+
+
 class FrameReader:
-    """Splits a TCP byte stream into channel messages (their msgpack bodies)."""
+    """Splits a TCP byte stream into messages (channel messages' msgpack bodies, or direct calls: deltas/calls.py)."""
 
-    __slots__ = ("_buffer", "refused")
+    __slots__ = ("_buffer", "_limit", "refused")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_MESSAGE_BYTES) -> None:
         self._buffer = bytearray()
-        #: The length prefix above MAX_MESSAGE_BYTES that stopped this reader (nothing after it can be framed).
+        self._limit = limit
+        #: The length prefix above `limit` that stopped this reader (nothing after it can be framed).
         self.refused: int | None = None
 
     def feed(self, data: bytes) -> list[bytes | memoryview]:
@@ -79,14 +90,14 @@ class FrameReader:
             return []
         if not self._buffer and len(data) >= _LENGTH:  # the usual case: whole messages, nothing carried over
             size = int.from_bytes(data[:_LENGTH], "big")
-            if size + _LENGTH == len(data) and size <= MAX_MESSAGE_BYTES:
+            if size + _LENGTH == len(data) and size <= self._limit:
                 return [memoryview(data)[_LENGTH:]]
         buffer = self._buffer
         buffer += data
         messages, offset, end = [], 0, len(buffer)
         while end - offset >= _LENGTH:
             size = int.from_bytes(buffer[offset:offset + _LENGTH], "big")
-            if size > MAX_MESSAGE_BYTES:
+            if size > self._limit:
                 self.refused = size
                 buffer.clear()
                 return messages
@@ -96,6 +107,33 @@ class FrameReader:
             offset += _LENGTH + size
         del buffer[:offset]
         return messages
+
+
+class FramedConnection(asyncio.Protocol):
+    """A server's end of one peer's connection: its byte stream split into messages, each handed to `receive` at
+    once. A length prefix above `limit` is not a peer of ours: nothing after it can be framed, so it is closed."""
+
+    def __init__(self, receive: Callable[[bytes | memoryview], None], connections: set[asyncio.Transport],
+                 limit: int, what: str) -> None:
+        self._receive, self._connections, self._what = receive, connections, what
+        self._reader = FrameReader(limit)
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        self._connections.add(transport)
+
+    def data_received(self, data: bytes) -> None:
+        reader, receive = self._reader, self._receive
+        for message in reader.feed(data):
+            receive(message)
+        if reader.refused is not None:
+            log.warning("closed a %s connection from %s: a message of %d bytes (at most %d)", self._what,
+                        self._transport.get_extra_info("peername"), reader.refused, reader._limit)
+            self._transport.close()
+
+    def connection_lost(self, exc) -> None:
+        self._connections.discard(self._transport)
 
 
 def decoder() -> msgspec.msgpack.Decoder:

@@ -2,7 +2,7 @@
 channel.
 
 The control path is a direct call where a replica with room is known (`deltas/calls.py`, `router/direct_routes.py`:
-a signed ZeroMQ message to a replica the router chose), else a plain (unary) Ray Serve handle call that stays open
+a signed message over TCP to a replica the router chose), else a plain (unary) Ray Serve handle call that stays open
 for the request's whole life: Serve counts it for autoscaling and backpressure, cancelling it aborts the engine
 request, a dead replica fails it. A direct call keeps the same guarantees its own way: cancelling it sends CANCEL,
 a replica that refuses it (full, draining) sends the request through Serve, a replica whose connection drops fails

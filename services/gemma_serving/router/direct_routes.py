@@ -1,7 +1,8 @@
 """The router's choice of replica for a direct call (deltas/calls.py), or None: then the request is a Serve call.
 
-Every `BEAT_S` the router re-reads the replicas that announced a call address (deltas/registry.py), opens a socket to
-new ones and closes those that withdrew once their calls are done. A request goes direct when its service has a live,
+Every `BEAT_S` the router re-reads the replicas that announced a call address (deltas/registry.py), opens a connection
+to new ones (and again to known ones whose connection dropped), and closes those that withdrew once their calls are
+done. A request goes direct when its service has a live,
 connected replica and it carries no LoRA adapter (adapters stay on Serve's multiplexed routing): to the less loaded
 (by this router's calls in flight) of two replicas drawn at random, as Serve's own power-of-two-choices router does.
 """
@@ -57,7 +58,7 @@ class DirectRoutes:
 
     def replicas(self, kind: ServiceKind) -> int:
         """The service's live replicas: announced, heartbeat moving (as of the last refresh, at most BEAT_S ago)."""
-        return len(self._directory.live(kind.value))
+        return self._directory.live_count(kind.value)
 
     def start(self, kind: ServiceKind, request: GenerationRequest, request_id: str, reply_address: str,
               stream: int) -> DirectCall | None:
