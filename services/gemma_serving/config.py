@@ -230,7 +230,7 @@ class DeploymentSettings(Strict):
     )
     direct_calls: bool = Field(
         True,
-        description="Routers hand requests to a replica they chose over a signed ZeroMQ message (deltas/calls.py) "
+        description="Routers hand requests to a replica they chose as a signed message over TCP (deltas/calls.py) "
         "instead of a Ray Serve handle call (~2.7 ms of CPU per request less across router and replica). Serve's "
         "handle stays the path when no replica is known or all are at max_ongoing_requests (Serve queues and "
         "autoscales), for LoRA adapters (multiplexed routing) and for retries; replicas report their direct calls "
