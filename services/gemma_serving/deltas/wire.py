@@ -76,11 +76,11 @@ def framed(batch: list[Delta]) -> bytes:
 class FrameReader:
     """Splits a TCP byte stream into messages (channel messages' msgpack bodies, or direct calls: deltas/calls.py)."""
 
-    __slots__ = ("_buffer", "_limit", "refused")
+    __slots__ = ("_buffer", "limit", "refused")
 
     def __init__(self, limit: int = MAX_MESSAGE_BYTES) -> None:
         self._buffer = bytearray()
-        self._limit = limit
+        self.limit = limit
         #: The length prefix above `limit` that stopped this reader (nothing after it can be framed).
         self.refused: int | None = None
 
@@ -90,14 +90,14 @@ class FrameReader:
             return []
         if not self._buffer and len(data) >= _LENGTH:  # the usual case: whole messages, nothing carried over
             size = int.from_bytes(data[:_LENGTH], "big")
-            if size + _LENGTH == len(data) and size <= self._limit:
+            if size + _LENGTH == len(data) and size <= self.limit:
                 return [memoryview(data)[_LENGTH:]]
         buffer = self._buffer
         buffer += data
         messages, offset, end = [], 0, len(buffer)
         while end - offset >= _LENGTH:
             size = int.from_bytes(buffer[offset:offset + _LENGTH], "big")
-            if size > self._limit:
+            if size > self.limit:
                 self.refused = size
                 buffer.clear()
                 return messages
@@ -129,7 +129,7 @@ class FramedConnection(asyncio.Protocol):
             receive(message)
         if reader.refused is not None:
             log.warning("closed a %s connection from %s: a message of %d bytes (at most %d)", self._what,
-                        self._transport.get_extra_info("peername"), reader.refused, reader._limit)
+                        self._transport.get_extra_info("peername"), reader.refused, reader.limit)
             self._transport.close()
 
     def connection_lost(self, exc) -> None:
