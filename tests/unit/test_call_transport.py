@@ -135,3 +135,12 @@ async def test_a_replica_that_stopped_reading_gets_no_more_calls(pair, monkeypat
         assert sent < 1000, "the router kept queueing calls for a replica that reads nothing"
     assert client._replicas[address].transport.get_write_buffer_size() <= 1 << 20
     assert client.in_flight(address) == sent
+
+
+async def test_a_request_too_large_for_a_call_is_not_sent(pair, monkeypatch):
+    replica, client = pair
+    monkeypatch.setattr(calls, "MAX_CALL_BYTES", 64 << 10)
+    assert client.start(replica.server.address, b"x" * (128 << 10), "big", "", 1) is None  # Serve carries it
+    assert client.start(replica.server.address, b"x" * 100, "small", "", 2) is not None
+    await _eventually(lambda: ("small", 2) in replica.calls)
+    assert replica.calls == [("small", 2)] and client.in_flight(replica.server.address) == 1

@@ -64,8 +64,9 @@ class CallSigner:
         signed = b"".join((_HEAD.pack(kind, stream, len(address)), address, body))
         return hmac.digest(self._key, signed, "sha256") + signed
 
-    def unpack(self, message: bytes | memoryview) -> tuple[int, int, str, bytes] | None:
-        """(kind, stream, reply address, body), or None for a message that is not ours (shape or signature)."""
+    def unpack(self, message: bytes | memoryview) -> tuple[int, int, str, memoryview] | None:
+        """(kind, stream, reply address, body: a view, not a copy), or None for a message that is not ours (shape
+        or signature)."""
         if len(message) < _MAC + _HEAD.size:
             return None
         message = memoryview(message)
@@ -76,7 +77,7 @@ class CallSigner:
         address = signed[_HEAD.size:_HEAD.size + length]
         if len(address) != length:
             return None
-        return kind, stream, bytes(address).decode(errors="replace"), bytes(signed[_HEAD.size + length:])
+        return kind, stream, bytes(address).decode(errors="replace"), signed[_HEAD.size + length:]
 
 
 #: Runs one direct call on the replica: (request, request_id, reply address, stream) -> done.
@@ -196,8 +197,8 @@ def keep_alive(sock: socket.socket) -> None:
 class _ReplicaLink(OutboundLink):
     """The router's connection to one replica: connected, or (re)connecting with backoff when asked."""
 
-    def __init__(self, client: CallClient, address: str) -> None:
-        super().__init__(address, asyncio.get_running_loop())
+    def __init__(self, client: CallClient, address: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(address, loop)
         self._client = client
         self.calls: dict[int, DirectCall] = {}
         self._retry_at = 0.0
@@ -207,6 +208,16 @@ class _ReplicaLink(OutboundLink):
         """Start a connection attempt unless connected, connecting or backing off after a failed one."""
         if self.transport is None and self.loop.time() >= self._retry_at:
             self._start_connecting("direct-call-connect")
+
+    def send(self, message: bytes) -> bool:
+        """Write one call message; False when it cannot go now (not connected, too large, or the replica stopped
+        reading: more than MAX_BUFFERED_BYTES wait for it)."""
+        transport = self.transport
+        if transport is None or len(message) > MAX_CALL_BYTES or \
+                transport.get_write_buffer_size() + len(message) > MAX_BUFFERED_BYTES:
+            return False
+        transport.write(frame(message))
+        return True
 
     def _connect_failed(self, exc: OSError) -> None:
         self._backoff = min(max(2 * self._backoff, 0.1), RECONNECT_MAX_S)
@@ -238,11 +249,11 @@ class CallClient:
 
     def connect(self, address: str) -> None:
         """Open the connection to a replica (again, after it dropped); it is usable when `connected` says so."""
-        link = self._replicas.get(address)
-        if link is None or link.loop is not asyncio.get_running_loop():
+        link, loop = self._replicas.get(address), asyncio.get_running_loop()
+        if link is None or link.loop is not loop:
             if link is not None:  # made on another event loop (tests run one per test): that loop's transport is gone
                 link.close()
-            link = self._replicas[address] = _ReplicaLink(self, address)
+            link = self._replicas[address] = _ReplicaLink(self, address, loop)
         link.ensure()
 
     def _fail_all(self, link: _ReplicaLink) -> None:
@@ -268,19 +279,14 @@ class CallClient:
         if link is None or link.transport is None:
             return None
         body = pickle.dumps((request, request_id), protocol=pickle.HIGHEST_PROTOCOL)
-        if not self._send(address, self.signer.pack(START, stream, reply_address, body)):
+        if not link.send(self.signer.pack(START, stream, reply_address, body)):
             return None
         call = link.calls[stream] = DirectCall(self, address, stream)
         return call
 
     def _send(self, address: str, message: bytes) -> bool:
         link = self._replicas.get(address)
-        transport = link.transport if link is not None else None
-        if transport is None or len(message) > MAX_CALL_BYTES - 4 or \
-                transport.get_write_buffer_size() + len(message) > MAX_BUFFERED_BYTES:
-            return False
-        transport.write(frame(message))
-        return True
+        return link is not None and link.send(message)
 
     def _forget(self, call: DirectCall) -> None:
         link = self._replicas.get(call.address)
