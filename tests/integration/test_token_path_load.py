@@ -118,3 +118,14 @@ def test_the_replica_reads_vllms_engine_outputs_without_pyzmqs_asyncio_futures(s
         chunks = list(stub.GenerateStream(_request(i), timeout=60))
         assert "".join(c.text for c in chunks) and chunks[-1].usage.completion_tokens == TOKENS
     assert describe("text")["engine_output_reads"] - before >= 4 * TOKENS
+
+
+def test_between_ticks_the_replica_leaves_vllms_outputs_on_the_socket(stub, describe):
+    """A lone paced stream past its first token needs nothing before its next tick: the replica drains vLLM's
+    output socket once per tick then (EngineOutputReader.pace), and still gets every token, first at once."""
+    before = describe("text")["engine_paced_output_waits"]
+    assert before is not None
+    for i in range(4):
+        chunks = list(stub.GenerateStream(_request(i), timeout=60))
+        assert "".join(c.text for c in chunks) and chunks[-1].usage.completion_tokens == TOKENS
+    assert describe("text")["engine_paced_output_waits"] - before >= 4

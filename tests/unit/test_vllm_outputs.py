@@ -97,3 +97,107 @@ async def test_closing_the_socket_while_waiting_removes_the_descriptors_callback
 def test_a_layout_other_than_vllm_032s_keeps_pyzmqs_read():
     assert read_engine_outputs_directly(SimpleNamespace()) is None
     assert read_engine_outputs_directly(_llm(zmq.Context.instance().socket(zmq.PULL))) is None  # not asyncio
+
+
+async def _read_timed(socket, got: list) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        frames = await socket.recv_multipart(copy=False)
+        got.append((bytes(frames[0]), loop.time()))
+
+
+async def _send_every(push, n: int, gap_s: float, start: int = 0) -> None:
+    for i in range(start, start + n):
+        push.send(b"m%d" % i)
+        await asyncio.sleep(gap_s)
+
+
+async def test_paced_reads_drain_the_socket_once_per_tick_while_no_request_needs_its_output_at_once():
+    """A step every 5 ms, read in batches at the 50 ms ticks of the loop clock, all of them, in order."""
+    pull, push = _pair()
+    reader = read_engine_outputs_directly(_llm(pull))
+    reader.pace(0.05)
+    got: list = []
+    task = asyncio.create_task(_read_timed(pull, got))
+    demand = reader.demand(max_tokens=1000)
+    demand.pulled(1, 1)  # its first output is in: nothing needs a step's output before the tick
+    assert reader.paced
+    try:
+        await _send_every(push, 60, 0.005)
+        await asyncio.sleep(0.12)
+        assert [m for m, _ in got] == [b"m%d" % i for i in range(60)]
+        reads = sorted({round(t, 3) for _, t in got})
+        assert len(reads) <= 12, reads  # ~7 ticks over 0.3 s + 0.12 s, not 60 separate reads
+        off_tick = [t for _, t in got if min(t % 0.05, 0.05 - t % 0.05) > 0.004]
+        assert len(off_tick) <= 2, off_tick  # the message in flight when pacing began, at most
+        assert reader.paced_waits >= 5
+    finally:
+        demand.close()
+        task.cancel()
+        pull.close()
+        push.close()
+
+
+async def test_a_new_request_or_one_about_to_end_is_read_at_once():
+    pull, push = _pair()
+    reader = read_engine_outputs_directly(_llm(pull))
+    reader.pace(0.2)
+    got: list = []
+    task = asyncio.create_task(_read_timed(pull, got))
+    loop = asyncio.get_running_loop()
+    running = reader.demand(max_tokens=10)
+    running.pulled(1, 1)
+    try:
+        await _send_every(push, 1, 0.01)
+        await asyncio.sleep(0.01)  # m0 was read (eager until then), and the reader now waits for its tick
+        newcomer = reader.demand(max_tokens=10)  # waiting for its first token: the reader watches the socket now
+        assert not reader.paced
+        sent = loop.time()
+        await _send_every(push, 1, 0.0, start=1)
+        await asyncio.sleep(0.03)
+        assert len(got) == 2 and got[1][1] - sent < 0.02, got
+        newcomer.pulled(1, 1)
+        running.pulled(3, 4)  # 6 left: more than its last pull (3) + 1
+        assert reader.paced
+        running.pulled(5, 9)  # 1 left: its next pull may be its end
+        assert not reader.paced
+        sent = loop.time()
+        await _send_every(push, 1, 0.0, start=2)
+        await asyncio.sleep(0.03)
+        assert len(got) == 3 and got[2][1] - sent < 0.02, got
+    finally:
+        task.cancel()
+        push.close()
+        pull.close()
+    running.close()
+    newcomer.close()
+    running.close()  # twice: counted once
+    assert (reader.streams, reader.eager) == (0, 0) and not reader.paced
+
+
+async def test_with_no_request_in_flight_or_no_window_every_message_is_read_as_it_comes():
+    """Utility replies (adapter loads, health) and idle engines are never held for a tick."""
+    pull, push = _pair()
+    reader = read_engine_outputs_directly(_llm(pull))
+    got: list = []
+    task = asyncio.create_task(_read_timed(pull, got))
+    loop = asyncio.get_running_loop()
+    try:
+        for window, requests in ((0.2, 0), (0.0, 1)):
+            reader.pace(window)
+            demands = [reader.demand(max_tokens=100) for _ in range(requests)]
+            for d in demands:
+                d.pulled(1, 1)
+            assert not reader.paced
+            before = len(got)
+            sent = loop.time()
+            await _send_every(push, 3, 0.01, start=before)
+            await asyncio.sleep(0.03)
+            assert len(got) == before + 3 and got[-1][1] - sent < 0.06, got
+            for d in demands:
+                d.close()
+        assert reader.paced_waits == 0
+    finally:
+        task.cancel()
+        pull.close()
+        push.close()

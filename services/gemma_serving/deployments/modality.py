@@ -125,6 +125,8 @@ class ModalityDeployment:
         self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
         self._publisher = DeltaPublisher()
         self._stream_flush_s = self.config.deployment.stream_flush_ms / 1000
+        if self._stream_flush_s and hasattr(self.engine, "pace_output_reads"):
+            self.engine.pace_output_reads(self._stream_flush_s)  # the engine's reads keep the streams' ticks
         #: Paced streams whose end left as soon as the engine had it, not at their next tick (describe()).
         self.paced_ends_at_once = 0
         self._direct = None
@@ -217,6 +219,7 @@ class ModalityDeployment:
             "paced_ends_at_once": self.paced_ends_at_once,
             # vLLM engine-core output messages read without pyzmq's asyncio socket (engines/vllm_outputs.py).
             "engine_output_reads": getattr(self.engine, "output_reads", None),
+            "engine_paced_output_waits": getattr(self.engine, "paced_output_waits", None),
             # User requests only: a health probe generation in flight is not one.
             "in_flight": sum(not r.startswith(PROBE_REQUEST_PREFIX) for r in getattr(self.engine, "in_flight", ())),
             "engine_load": await self.record_autoscaling_stats(),

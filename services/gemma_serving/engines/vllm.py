@@ -22,7 +22,7 @@ from gemma_serving.engines.types import (
     GenerationRequest,
     TokenLogprob,
 )
-from gemma_serving.engines.vllm_outputs import read_engine_outputs_directly
+from gemma_serving.engines.vllm_outputs import EngineOutputReader, read_engine_outputs_directly
 from gemma_serving.errors import EngineDead, GemmaServingError, InvalidRequest
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class VllmEngine:
         self._accepts = accepts
         self._llm: Any = None
         self._tokenizer: Any = None
+        self._output_reader: EngineOutputReader | None = None
         self.start_seconds: float | None = None
         #: Requests between generate() start and their engine-side end (finished or aborted).
         self.in_flight: set[str] = set()
@@ -203,6 +204,8 @@ class VllmEngine:
                                      field="adapter")
         completion_tokens = 0
         top = request.sampling.top_logprobs or 0
+        reader = self._output_reader
+        reads = reader.demand(request.sampling.max_tokens) if reader is not None else None
         stream = self._llm.generate(
             self._prompt(request),
             self._sampling_params(request),
@@ -216,6 +219,8 @@ class VllmEngine:
             async for out in stream:
                 delta = out.outputs[0]
                 completion_tokens += len(delta.token_ids)
+                if reads is not None:
+                    reads.pulled(len(delta.token_ids), completion_tokens)
                 finish = _FINISH.get(delta.finish_reason) if out.finished else None
                 logprobs = token_logprobs(delta.token_ids, delta.logprobs, top) if delta.logprobs else ()
                 yield Chunk(delta.text, len(out.prompt_token_ids or ()), completion_tokens, finish, logprobs=logprobs)
@@ -227,12 +232,27 @@ class VllmEngine:
             # Closing the vLLM generator aborts the request in the engine (frees its KV cache) if still running.
             await stream.aclose()
             self.in_flight.discard(request_id)
+            if reads is not None:
+                reads.close()
 
     @property
     def output_reads(self) -> int | None:
         """Engine-core output messages read by EngineOutputReader (None: read through pyzmq's asyncio socket)."""
-        reader = getattr(self, "_output_reader", None)
+        reader = self._output_reader
         return reader.messages if reader is not None else None
+
+    @property
+    def paced_output_waits(self) -> int | None:
+        """Times the output reader waited for a tick instead of the socket (None: not read by it)."""
+        reader = self._output_reader
+        return reader.paced_waits if reader is not None else None
+
+    def pace_output_reads(self, window_s: float) -> None:
+        """Read the engine's outputs once per stream tick while no request needs them at once
+        (engines/vllm_outputs.py, deployment.stream_flush_ms)."""
+        reader = self._output_reader
+        if reader is not None:
+            reader.pace(window_s)
 
     def on_final_output(self, request_id: str, callback: Callable[[], None]) -> bool:
         """Call `callback` (on the event loop, once or more) as soon as the request's final output, or its error, is
