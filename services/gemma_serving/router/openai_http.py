@@ -240,6 +240,8 @@ async def start_http_server(app: Starlette, host: str, port: int, options: dict 
 
     import uvicorn
 
+    from gemma_serving.router.http_server import QuietServer
+
     # Bind here, not in uvicorn: uvicorn exits the process (SystemExit) on a bind error, which would hang a replica.
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for sockets created with it; without
     # it every small SSE write waited for the client's delayed ACK (Nagle): ~40 ms added to TTFT and to ITL.
@@ -252,8 +254,8 @@ async def start_http_server(app: Starlette, host: str, port: int, options: dict 
     except OSError as exc:
         sock.close()
         raise RuntimeError(f"router.http_port: cannot listen on {host}:{port}: {exc.strerror}") from None
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                           **(options or {})))
+    server = QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                        **(options or {})))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
