@@ -229,11 +229,11 @@ class VllmEngine:
         except (VLLMClientError, ValueError) as exc:
             raise InvalidRequest(f"model {self._model.name} rejected the request: {exc}") from exc
         finally:
+            if reads is not None:  # first: nothing below may keep the reader's counts from settling
+                reads.close()
             # Closing the vLLM generator aborts the request in the engine (frees its KV cache) if still running.
             await stream.aclose()
             self.in_flight.discard(request_id)
-            if reads is not None:
-                reads.close()
 
     @property
     def output_reads(self) -> int | None:
