@@ -4,6 +4,7 @@ task reads its engine-core socket (`await output_socket.recv_multipart(copy=Fals
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import SimpleNamespace
 
 import zmq
@@ -106,6 +107,23 @@ async def _read_timed(socket, got: list) -> None:
         got.append((bytes(frames[0]), loop.time()))
 
 
+@contextlib.asynccontextmanager
+async def _timed_reads(window_s: float):
+    """A paced reader on a loopback pair, read the way vLLM does; yields (reader, push socket, [(message, time)])."""
+    pull, push = _pair()
+    reader = read_engine_outputs_directly(_llm(pull))
+    reader.pace(window_s)
+    got: list = []
+    task = asyncio.create_task(_read_timed(pull, got))
+    try:
+        yield reader, push, got
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        pull.close()
+        push.close()
+
+
 async def _send_every(push, n: int, gap_s: float, start: int = 0) -> None:
     for i in range(start, start + n):
         push.send(b"m%d" % i)
@@ -114,15 +132,10 @@ async def _send_every(push, n: int, gap_s: float, start: int = 0) -> None:
 
 async def test_paced_reads_drain_the_socket_once_per_tick_while_no_request_needs_its_output_at_once():
     """A step every 5 ms, read in batches at the 50 ms ticks of the loop clock, all of them, in order."""
-    pull, push = _pair()
-    reader = read_engine_outputs_directly(_llm(pull))
-    reader.pace(0.05)
-    got: list = []
-    task = asyncio.create_task(_read_timed(pull, got))
-    demand = reader.demand(max_tokens=1000)
-    demand.pulled(1, 1)  # its first output is in: nothing needs a step's output before the tick
-    assert reader.paced
-    try:
+    async with _timed_reads(0.05) as (reader, push, got):
+        demand = reader.demand(max_tokens=1000)
+        demand.pulled(1, 1)  # its first output is in: nothing needs a step's output before the tick
+        assert reader.paced
         await _send_every(push, 60, 0.005)
         await asyncio.sleep(0.12)
         assert [m for m, _ in got] == [b"m%d" % i for i in range(60)]
@@ -131,23 +144,14 @@ async def test_paced_reads_drain_the_socket_once_per_tick_while_no_request_needs
         off_tick = [t for _, t in got if min(t % 0.05, 0.05 - t % 0.05) > 0.004]
         assert len(off_tick) <= 2, off_tick  # the message in flight when pacing began, at most
         assert reader.paced_waits >= 5
-    finally:
         demand.close()
-        task.cancel()
-        pull.close()
-        push.close()
 
 
 async def test_a_new_request_or_one_about_to_end_is_read_at_once():
-    pull, push = _pair()
-    reader = read_engine_outputs_directly(_llm(pull))
-    reader.pace(0.2)
-    got: list = []
-    task = asyncio.create_task(_read_timed(pull, got))
     loop = asyncio.get_running_loop()
-    running = reader.demand(max_tokens=10)
-    running.pulled(1, 1)
-    try:
+    async with _timed_reads(0.2) as (reader, push, got):
+        running = reader.demand(max_tokens=10)
+        running.pulled(1, 1)
         await _send_every(push, 1, 0.01)
         await asyncio.sleep(0.01)  # m0 was read (eager until then), and the reader now waits for its tick
         newcomer = reader.demand(max_tokens=10)  # waiting for its first token: the reader watches the socket now
@@ -165,10 +169,6 @@ async def test_a_new_request_or_one_about_to_end_is_read_at_once():
         await _send_every(push, 1, 0.0, start=2)
         await asyncio.sleep(0.03)
         assert len(got) == 3 and got[2][1] - sent < 0.02, got
-    finally:
-        task.cancel()
-        push.close()
-        pull.close()
     running.close()
     newcomer.close()
     running.close()  # twice: counted once
@@ -177,12 +177,8 @@ async def test_a_new_request_or_one_about_to_end_is_read_at_once():
 
 async def test_with_no_request_in_flight_or_no_window_every_message_is_read_as_it_comes():
     """Utility replies (adapter loads, health) and idle engines are never held for a tick."""
-    pull, push = _pair()
-    reader = read_engine_outputs_directly(_llm(pull))
-    got: list = []
-    task = asyncio.create_task(_read_timed(pull, got))
     loop = asyncio.get_running_loop()
-    try:
+    async with _timed_reads(0.0) as (reader, push, got):
         for window, requests in ((0.2, 0), (0.0, 1)):
             reader.pace(window)
             demands = [reader.demand(max_tokens=100) for _ in range(requests)]
@@ -197,7 +193,3 @@ async def test_with_no_request_in_flight_or_no_window_every_message_is_read_as_i
             for d in demands:
                 d.close()
         assert reader.paced_waits == 0
-    finally:
-        task.cancel()
-        pull.close()
-        push.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+from gemma_serving.futures import resolve
+
 
 class TickWait:
     """`wait(delay)` sleeps like asyncio.sleep (one future and one timer per wait) unless `final()` was called,
@@ -31,14 +33,9 @@ class TickWait:
         if self.ended:
             return
         waiting = self._waiting = self._loop.create_future()
-        timer = self._loop.call_later(delay, _resolve, waiting)
+        timer = self._loop.call_later(delay, resolve, waiting)
         try:
             await waiting
         finally:
             timer.cancel()
             self._waiting = None
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)

@@ -25,6 +25,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from gemma_serving.futures import resolve
+
 log = logging.getLogger(__name__)
 
 
@@ -61,9 +63,8 @@ class EngineOutputReader:
 
     def want_eager(self) -> None:
         self.eager += 1
-        waiter = self._waiter
-        if self.eager == 1 and self._timer is not None and waiter is not None and not waiter.done():
-            waiter.set_result(None)  # waiting for a tick: watch the socket now
+        if self.eager == 1 and self._timer is not None:  # waiting for a tick: watch the socket now
+            resolve(self._waiter)
 
     @property
     def paced(self) -> bool:
@@ -97,7 +98,7 @@ class EngineOutputReader:
             self._loop.remove_reader(self._socket.FD)
             self._watching = False
         window, loop = self._window_s, self._loop
-        self._timer = loop.call_later(window - loop.time() % window, _resolve, waiter)
+        self._timer = loop.call_later(window - loop.time() % window, resolve, waiter)
         self.paced_waits += 1
 
     def _watch(self) -> None:
@@ -147,11 +148,6 @@ class ReadDemand:
             self._reader.streams -= 1
             if self._eager:
                 self._reader.eager -= 1
-
-
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def read_engine_outputs_directly(llm: Any) -> EngineOutputReader | None:
