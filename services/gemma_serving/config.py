@@ -228,6 +228,13 @@ class DeploymentSettings(Strict):
         "ITL averages are unchanged). 0: every engine step's delta goes at once. Deltas of all in-flight requests "
         "ready in one event-loop pass always share one channel message per router.",
     )
+    stream_flush_max_ms: float = Field(
+        40, ge=0, le=1000,
+        description="The widest the coalescing window grows (deployments/tick_window.py): while the engine's steps "
+        "are slow against stream_flush_ms (a message would carry one token or two), the replica widens the window "
+        "to about three engine steps, never past this, so a stream still shows tokens at least this often while "
+        "the engine makes them. At or below stream_flush_ms: the window stays stream_flush_ms.",
+    )
     direct_calls: bool = Field(
         True,
         description="Routers hand requests to a replica they chose as a signed message over TCP (deltas/calls.py) "

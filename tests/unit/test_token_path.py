@@ -8,6 +8,8 @@ import contextlib
 
 from gemma_serving.api import inference_pb2 as pb
 from gemma_serving.client import message
+from gemma_serving.config import ServiceKind
+from gemma_serving.deployments import tick_window
 
 from tests.unit.conftest import start_router
 
@@ -48,11 +50,12 @@ async def test_64_concurrent_streams_arrive_complete_and_in_order(config):
         await router.drain_and_stop(0)
 
 
-async def _paced_router(make_router, *, flush_ms: float, step_delay_s: float):
-    """A router over FakeEngines that, like vLLM, keep generating while a stream is paced (merge_late)."""
+async def _paced_router(make_router, *, flush_ms: float, step_delay_s: float, max_flush_ms: float = 0):
+    """A router over FakeEngines that, like vLLM, keep generating while a stream is paced (merge_late); the window
+    stays `flush_ms` unless `max_flush_ms` is above it."""
     window = {"text": {"model": {"name": "text-model", "source": "/m/t", "max_output_tokens": 100,
                                  "default_max_tokens": 64},
-                       "deployment": {"stream_flush_ms": flush_ms}}}
+                       "deployment": {"stream_flush_ms": flush_ms, "stream_flush_max_ms": max_flush_ms}}}
     return await make_router({"services": window}, step_delay_s=step_delay_s, merge_late=True)
 
 
@@ -113,3 +116,24 @@ async def test_a_paced_stream_ends_when_its_final_output_is_ready_not_at_its_nex
     assert "".join(c.text for c in chunks) == "".join(f" word{k}" for k in range(10))
     assert chunks[-1].finish_reason == pb.FINISH_REASON_LENGTH
     assert took < 0.5, took  # 10 tokens of 10 ms; held for the tick it would take ~1 s
+
+
+async def _chunks_per_stream(make_router, *, max_flush_ms: float) -> tuple[float, float]:
+    """Chunks per 40-token stream (4 at once) on an engine slower than the 10 ms window, and the window at the end."""
+    router, backend = await _paced_router(make_router, flush_ms=10, step_delay_s=0.03, max_flush_ms=max_flush_ms)
+    async with _channel(router) as stub:
+        results = await asyncio.gather(*(_stream_text(stub, i, 40) for i in range(4)))
+    assert all(text == "".join(f" word{k}" for k in range(40)) for text, _, _ in results)
+    window_ms = (await backend.deployments[ServiceKind.TEXT].describe())["stream_window_ms"]
+    return sum(chunks for _, chunks, _ in results) / len(results), window_ms
+
+
+async def test_the_window_widens_while_engine_steps_are_slower_than_it(make_router, monkeypatch):
+    """One token per message merges nothing: the replica widens its window (up to stream_flush_max_ms) to about
+    three engine steps, and streams carry several tokens per message, every token still there and in order."""
+    monkeypatch.setattr(tick_window, "ADJUST_S", 0.1)
+    fixed_chunks, fixed_window = await _chunks_per_stream(make_router, max_flush_ms=0)
+    wide_chunks, wide_window = await _chunks_per_stream(make_router, max_flush_ms=100)
+    assert fixed_window == 10 and fixed_chunks >= 28, fixed_chunks  # a 30 ms step, a 10 ms window: ~a message per token
+    assert 60 <= wide_window <= 100, wide_window  # about three 30 ms steps
+    assert wide_chunks <= 0.7 * fixed_chunks, (wide_chunks, fixed_chunks)

@@ -25,6 +25,7 @@ from gemma_serving.deployments.autoscaling import DIRECT_IN_FLIGHT
 from gemma_serving.deployments.direct_calls import DirectCalls
 from gemma_serving.deployments.engine_metrics import attach_engine_metrics
 from gemma_serving.deployments.pacing import TickWait
+from gemma_serving.deployments.tick_window import TickWindow
 from gemma_serving.deployments.health_probe import PROBE_REQUEST_PREFIX, EngineProbe, ProbeReport, ProbeVerdict
 from gemma_serving.deployments.streaming import coalesce
 from gemma_serving.engines.base import Engine
@@ -124,9 +125,9 @@ class ModalityDeployment:
         self.adapter_loads: dict[str, int] = {}
         self._load_adapter = adapter_multiplexer(self._activate_adapter, self.config.model.engine.max_cpu_loras)
         self._publisher = DeltaPublisher()
-        self._stream_flush_s = self.config.deployment.stream_flush_ms / 1000
-        if self._stream_flush_s and hasattr(self.engine, "pace_output_reads"):
-            self.engine.pace_output_reads(self._stream_flush_s)  # the engine's reads keep the streams' ticks
+        deployment = self.config.deployment
+        self._window = TickWindow(deployment.stream_flush_ms / 1000, deployment.stream_flush_max_ms / 1000)
+        self._follow_window()
         #: Paced streams whose end left as soon as the engine had it, not at their next tick (describe()).
         self.paced_ends_at_once = 0
         self._direct = None
@@ -143,17 +144,27 @@ class ModalityDeployment:
         """
         await self.stream_into(self._publisher.sink(address, stream), request, request_id)
 
+    def _follow_window(self) -> None:
+        """The engine's output reads keep the streams' ticks (engines/vllm_outputs.py)."""
+        if self._window.seconds and hasattr(self.engine, "pace_output_reads"):
+            self.engine.pace_output_reads(self._window.seconds)
+
     async def stream_into(self, sink: StreamSink, request: GenerationRequest, request_id: str) -> None:
         """Send the request's chunks to `sink` and end it (a Serve call's or a direct call's stream)."""
-        pace = self._stream_flush_s
+        window = self._window
         loop = asyncio.get_running_loop()
         tick: TickWait | None = None
+        tokens = 0
         async with asyncio.timeout(request.budget_s):  # a backstop: the router enforces the deadline itself
             async for chunk in self._engine_chunks(request, request_id):
                 sink.send(chunk)
+                pace = window.seconds
                 if pace and chunk.finish_reason is None:
                     if tick is None:  # the engine knows the request once it has produced output
                         tick = self._tick_wait(request_id, loop)
+                    elif window.sent(chunk.completion_tokens - tokens, loop.time()):
+                        self._follow_window()  # a message that waited a tick: the window learns the engine's step
+                    tokens = chunk.completion_tokens
                     # Adaptive coalescing: the first delta went at once; the engine keeps generating while this
                     # stream waits, and vLLM merges its deltas meanwhile, so the next pull gets them all in one.
                     # Every stream wakes on the same tick (the next multiple of the window on the loop clock), so
@@ -217,6 +228,7 @@ class ModalityDeployment:
             "model": self.config.model.name,
             "engine_start_seconds": getattr(self.engine, "start_seconds", None),
             "paced_ends_at_once": self.paced_ends_at_once,
+            "stream_window_ms": round(self._window.seconds * 1000, 1),  # deployments/tick_window.py
             # vLLM engine-core output messages read without pyzmq's asyncio socket (engines/vllm_outputs.py).
             "engine_output_reads": getattr(self.engine, "output_reads", None),
             "engine_paced_output_waits": getattr(self.engine, "paced_output_waits", None),
