@@ -58,7 +58,7 @@ def model_config(output_len: int) -> dict[str, Any]:
 
 
 def start_platform(model_cfg: dict[str, Any], stream_flush_ms: float | None,
-                   direct_calls: bool = True) -> tuple[int, int]:
+                   direct_calls: bool = True, stream_flush_max_ms: float | None = None) -> tuple[int, int]:
     """Our platform, text only, on a local Ray instance; returns (gRPC port, HTTP port)."""
     from gemma_serving.app import build_app
     from ray import serve
@@ -72,6 +72,8 @@ def start_platform(model_cfg: dict[str, Any], stream_flush_ms: float | None,
     data["services"]["text"]["deployment"]["health_probe"] = {"enabled": False}
     if stream_flush_ms is not None:
         data["services"]["text"]["deployment"]["stream_flush_ms"] = stream_flush_ms
+    if stream_flush_max_ms is not None:
+        data["services"]["text"]["deployment"]["stream_flush_max_ms"] = stream_flush_max_ms
     data["services"]["text"]["deployment"]["direct_calls"] = direct_calls
     from gemma_serving.config import parse_config
 
@@ -120,7 +122,9 @@ class EngineStepTarget:
 
 
 async def measure(targets: dict[str, Any], levels: list[int], requests_for, prompts, sampling, groups,
-                  round_index: int = 0) -> list:
+                  round_index: int = 0, platform_facts=None) -> list:
+    """Every target at every level, order rotated; `platform_facts()`: the text replica's describe() after each of
+    our surfaces' steps (its coalescing window), read after the step's CPU was taken."""
     steps = []
     names = list(targets)
     for i, concurrency in enumerate(levels):
@@ -138,6 +142,8 @@ async def measure(targets: dict[str, Any], levels: list[int], requests_for, prom
             summary["wall_s"] = round(time.perf_counter() - began, 2)
             summary["target"], summary["concurrency"], summary["round"] = name, concurrency, round_index
             summary["serving_cpu_ms_per_token"] = report.serving_cpu_per_token(summary, SERVING_GROUPS[name])
+            if platform_facts is not None and name in ("grpc", "openai"):
+                summary["stream_window_ms"] = (await platform_facts()).get("stream_window_ms")
             steps.append(summary)
             progress(report.line(summary))
     return steps
@@ -159,6 +165,8 @@ def main() -> None:
     p.add_argument("--targets", default="grpc,openai,vllm-server,engine")
     p.add_argument("--stream-flush-ms", type=float, default=None,
                    help="the platform's deployment.stream_flush_ms (default: the config's)")
+    p.add_argument("--stream-flush-max-ms", type=float, default=None,
+                   help="the platform's deployment.stream_flush_max_ms (default: the config's; 0: a fixed window)")
     p.add_argument("--with-ray-serve-llm", action="store_true", help="also start Ray Serve LLM's OpenAI app")
     p.add_argument("--rounds", type=int, default=3,
                    help="repeat the whole ladder; figures and ratios are medians over rounds (ratios within a round)")
@@ -197,7 +205,8 @@ def main() -> None:
         "workload": {"levels": levels, "rounds": args.rounds, "requests": {c: requests_for(c) for c in levels},
                      "output_len": args.output_len, "ignore_eos": True, "greedy": True},
         "engine": {k: model_cfg["engine"][k] for k in ("dtype", "max_model_len", "max_num_seqs", "enforce_eager")},
-        "startup_s": {}, "stream_flush_ms": args.stream_flush_ms, "direct_calls": not args.no_direct_calls,
+        "startup_s": {}, "stream_flush_ms": args.stream_flush_ms,
+        "stream_flush_max_ms": args.stream_flush_max_ms, "direct_calls": not args.no_direct_calls,
     }
     groups, targets, subs = ProcessGroups(), {}, {}
     vllm_server = VllmServerTarget(model_cfg, model_dir, logdir / "vllm_server.log")
@@ -209,7 +218,8 @@ def main() -> None:
             subs["engine"] = Subprocess("engine", [sys.executable, str(BENCH_DIR / "serving.py"), "--engine-worker",
                                                    json.dumps(spec)], logdir / "engine_worker.log")
         if "grpc" in wanted or "openai" in wanted:
-            grpc_port, http_port = start_platform(model_cfg, args.stream_flush_ms, not args.no_direct_calls)
+            grpc_port, http_port = start_platform(model_cfg, args.stream_flush_ms, not args.no_direct_calls,
+                                                 args.stream_flush_max_ms)
             result["startup_s"]["platform"] = round(time.perf_counter() - t, 1)
             progress(f"platform up (gRPC {grpc_port}, HTTP {http_port})")
             if "grpc" in wanted:
@@ -238,6 +248,13 @@ def main() -> None:
             report.label_server(groups, subs["engine"].proc.pid, "engine-inprocess")
             targets["engine"] = EngineStepTarget(subs["engine"])
 
+        facts = None
+        if "grpc" in wanted or "openai" in wanted:
+            from ray import serve
+
+            text = serve.get_deployment_handle("text", app_name="tokenpath")
+            facts = lambda: text.describe.remote()  # noqa: E731
+
         async def go() -> list:
             for target in targets.values():
                 if hasattr(target, "open"):
@@ -247,7 +264,7 @@ def main() -> None:
                 steps = []
                 for r in range(args.rounds):
                     progress(f"round {r + 1} of {args.rounds}")
-                    steps += await measure(targets, levels, requests_for, prompts, sampling, groups, r)
+                    steps += await measure(targets, levels, requests_for, prompts, sampling, groups, r, facts)
                 return steps
             finally:
                 for target in targets.values():

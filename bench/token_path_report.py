@@ -43,6 +43,8 @@ def engine_cpu_per_token(step: dict[str, Any]) -> float | None:
 
 def line(step: dict[str, Any]) -> str:
     errs = f" errors={step['errors']}" if step.get("errors") else ""
+    if step.get("stream_window_ms") is not None:
+        errs += f"  window {step['stream_window_ms']} ms"
     return (f"{step['target']:>13} c={step['concurrency']:<3} {step['output_tokens_per_s']:8.1f} tok/s  "
             f"ttft p50/p99 {step['ttft_ms']['p50']}/{step['ttft_ms']['p99']} ms  "
             f"itl p50/p99 {step['itl_ms']['p50']}/{step['itl_ms']['p99']} ms  "

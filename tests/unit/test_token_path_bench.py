@@ -44,3 +44,10 @@ def test_a_run_without_rounds_is_one_round():
     single = [{k: v for k, v in s.items() if k != "round"} for s in STEPS[:2]]
     assert median_steps(single) == single
     assert ratios(single)["16"]["grpc"]["throughput"] == 2.0 and "per_round" not in ratios(single)["16"]["grpc"]
+
+
+def test_a_platform_step_shows_the_replicas_coalescing_window():
+    from token_path_report import line
+
+    assert "window 36.5 ms" in line({**STEPS[1], "stream_window_ms": 36.5})
+    assert "window" not in line(STEPS[0])
