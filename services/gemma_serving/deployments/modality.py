@@ -25,9 +25,9 @@ from gemma_serving.deployments.autoscaling import DIRECT_IN_FLIGHT
 from gemma_serving.deployments.direct_calls import DirectCalls
 from gemma_serving.deployments.engine_metrics import attach_engine_metrics
 from gemma_serving.deployments.pacing import TickWait
-from gemma_serving.deployments.tick_window import TickWindow
 from gemma_serving.deployments.health_probe import PROBE_REQUEST_PREFIX, EngineProbe, ProbeReport, ProbeVerdict
 from gemma_serving.deployments.streaming import coalesce
+from gemma_serving.deployments.tick_window import TickWindow
 from gemma_serving.engines.base import Engine
 from gemma_serving.engines.types import (
     AudioPart,
