@@ -62,7 +62,8 @@ SIZES = {
 
 
 class TrivialEngine:
-    """The trivial backend: yields `max_tokens` chunks " word<i>", one per event-loop turn (asyncio.sleep(0)).
+    """The trivial backend: yields `max_tokens` chunks " word<i>", one per event-loop turn (asyncio.sleep(0)), or
+    `gap_s` apart when that is set (bench/wake_cost.py).
 
     What gemma_serving's FakeEngine(step_delay_s=0) used to do. FakeEngine now builds a list of 10**6 token strings
     on every request when it has no script (~0.1 s of CPU per request) and keeps every request in `seen`, which
@@ -72,6 +73,7 @@ class TrivialEngine:
     def __init__(self) -> None:
         self.in_flight: set[str] = set()
         self.start_seconds = 0.0
+        self.gap_s = 0.0
 
     async def start(self) -> None:
         pass
@@ -84,7 +86,7 @@ class TrivialEngine:
         self.in_flight.add(request_id)
         try:
             for i in range(n):
-                await asyncio.sleep(0)
+                await asyncio.sleep(self.gap_s)
                 yield Chunk(f" word{i}", prompt_tokens, i + 1, FinishReason.LENGTH if i + 1 == n else None)
         finally:
             self.in_flight.discard(request_id)

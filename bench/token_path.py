@@ -252,8 +252,7 @@ def main() -> None:
         if "grpc" in wanted or "openai" in wanted:
             from ray import serve
 
-            text = serve.get_deployment_handle("text", app_name="tokenpath")
-            facts = lambda: text.describe.remote()  # noqa: E731
+            facts = serve.get_deployment_handle("text", app_name="tokenpath").describe.remote
 
         async def go() -> list:
             for target in targets.values():

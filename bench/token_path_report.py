@@ -43,12 +43,11 @@ def engine_cpu_per_token(step: dict[str, Any]) -> float | None:
 
 def line(step: dict[str, Any]) -> str:
     errs = f" errors={step['errors']}" if step.get("errors") else ""
-    if step.get("stream_window_ms") is not None:
-        errs += f"  window {step['stream_window_ms']} ms"
+    window = f"  window {step['stream_window_ms']} ms" if step.get("stream_window_ms") is not None else ""
     return (f"{step['target']:>13} c={step['concurrency']:<3} {step['output_tokens_per_s']:8.1f} tok/s  "
             f"ttft p50/p99 {step['ttft_ms']['p50']}/{step['ttft_ms']['p99']} ms  "
             f"itl p50/p99 {step['itl_ms']['p50']}/{step['itl_ms']['p99']} ms  "
-            f"serving cpu {step.get('serving_cpu_ms_per_token')} ms/tok  ok {step['ok']}/{step['requests']}{errs}")
+            f"serving cpu {step.get('serving_cpu_ms_per_token')} ms/tok  ok {step['ok']}/{step['requests']}{errs}{window}")
 
 
 def _by(steps: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:

@@ -24,7 +24,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # the load clients are subprocesses: no fork-handler notices
@@ -71,20 +70,6 @@ def sleep_cost_us(kind: str, gap_s: float) -> float:
     return asyncio.run(sleeps())
 
 
-class SpacedEngine(TrivialEngine):
-    """TrivialEngine whose chunks (one token each) come `gap_s` apart (0: one per event-loop turn)."""
-
-    gap_s = 0.0
-
-    async def generate(self, request, *, request_id: str) -> AsyncIterator:
-        from gemma_serving.engines.types import Chunk, FinishReason
-
-        n = request.sampling.max_tokens or 16
-        for i in range(n):
-            await asyncio.sleep(self.gap_s)
-            yield Chunk(f" word{i}", 5, i + 1, FinishReason.LENGTH if i + 1 == n else None)
-
-
 def per_chunk_us(one_ms: float, many_ms: float, chunks: int) -> float:
     """CPU µs per chunk beyond the first, from the CPU per request of 1-chunk and `chunks`-chunk requests."""
     return 1e3 * (many_ms - one_ms) / (chunks - 1)
@@ -112,7 +97,8 @@ async def _cpu_per_request_ms(surface: str, port: int, tokens: int, requests: in
     client = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", surface, str(port), str(tokens), str(requests),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert (await client.stdout.readline()).startswith(b"READY"), "the load client did not start"
+    if not (await client.stdout.readline()).startswith(b"READY"):
+        raise RuntimeError(f"{surface}: the load client did not start")
     began = process_cpu()
     client.stdin.write(b"go\n")
     await client.stdin.drain()
@@ -127,7 +113,7 @@ async def _cpu_per_request_ms(surface: str, port: int, tokens: int, requests: in
 async def router_costs(requests: int) -> list[dict]:
     from gemma_serving.router.server import start_grpc_server, start_openai_server
 
-    engine = SpacedEngine()
+    engine = TrivialEngine()  # its one-token chunks come engine.gap_s apart
     config = fake_config()
     router = await start_grpc_server(config, InProcessBackend(engine))
     http, http_port = (await start_openai_server(config, router))[:2]

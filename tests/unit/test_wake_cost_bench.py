@@ -1,4 +1,4 @@
-"""bench/wake_cost.py: the spaced engine, the per-chunk arithmetic and the per-wake timing."""
+"""bench/wake_cost.py: the spaced trivial engine, the per-chunk arithmetic and the per-wake timing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from wake_cost import SpacedEngine, per_chunk_us, sleep_cost_us, sleeps_in  # noqa: E402
+from router_overhead import TrivialEngine  # noqa: E402
+from wake_cost import per_chunk_us, sleep_cost_us, sleeps_in  # noqa: E402
 
 from gemma_serving.engines.types import FinishReason, GenerationRequest, Message, Sampling, TextPart  # noqa: E402
 
@@ -18,14 +19,14 @@ def _request(max_tokens: int) -> GenerationRequest:
     return GenerationRequest("fake", (Message("user", (TextPart("hi"),)),), Sampling(max_tokens=max_tokens))
 
 
-async def _timed_chunks(engine: SpacedEngine, max_tokens: int) -> tuple[list, float]:
+async def _timed_chunks(engine: TrivialEngine, max_tokens: int) -> tuple[list, float]:
     began = time.monotonic()
     chunks = [c async for c in engine.generate(_request(max_tokens), request_id="r")]
     return chunks, time.monotonic() - began
 
 
-def test_the_spaced_engine_yields_one_token_per_chunk_gap_apart():
-    engine = SpacedEngine()
+def test_the_trivial_engine_yields_one_token_per_chunk_gap_apart():
+    engine = TrivialEngine()
     engine.gap_s = 0.02
     chunks, took = asyncio.run(_timed_chunks(engine, 5))
     assert [c.completion_tokens for c in chunks] == [1, 2, 3, 4, 5]
