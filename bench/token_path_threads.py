@@ -6,7 +6,9 @@
 CPU per thread from /proc/<pid>/task/<tid>/stat (exact, unlike sampling), each thread named by Python's thread name
 from `py-spy dump` (Ray names every Python thread of a worker "ray::IDLE" at the OS level): the replica's user-code
 event loop, Serve's own loop, Ray's main thread, ZeroMQ's and gRPC's I/O threads. Prints ms of CPU per second idle
-and per output token under load.
+and per output token under load. `--system` also prints Ray's own processes (GCS, raylet, dashboard and its agent,
+Serve's controller and proxy, ...) per process, in ms per second idle and under load: they share the box's cores
+with the engine but are outside "serving CPU".
 """
 
 from __future__ import annotations
@@ -64,6 +66,33 @@ def by_thread(before: dict, after: dict, names: dict[int, str]) -> collections.C
     return spent
 
 
+def process_label(cmdline: list[str]) -> str:
+    """A short stable name for one of Ray's processes: its Ray title (`ray::ServeController`), else the script or
+    program it runs (`gcs_server`, `raylet`, `dashboard.py`, `agent.py`, ...)."""
+    if not cmdline:
+        return "?"
+    if cmdline[0].startswith("ray::"):
+        return cmdline[0].split()[0]
+    scripts = [a for a in cmdline[1:] if a.endswith(".py")]
+    return Path(scripts[0] if scripts and Path(cmdline[0]).name.startswith("python") else cmdline[0]).name
+
+
+def system_cpu(exclude: set[int]) -> collections.Counter:
+    """CPU seconds so far of every process below this one except `exclude` and their children, by process_label."""
+    import psutil
+
+    spent = collections.Counter()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.pid in exclude or any(parent.pid in exclude for parent in proc.parents()):
+                continue
+            times = proc.cpu_times()
+            spent[process_label(proc.cmdline())] += times.user + times.system
+        except psutil.Error:  # ended meanwhile
+            continue
+    return spent
+
+
 def line(label: str, spent: collections.Counter, per: float, unit: str) -> str:
     top = ", ".join(f"{name}={1000 * s / per:.2f}" for name, s in spent.most_common(8) if s > 0)
     return f"{label}: {1000 * sum(spent.values()) / per:.3f} ms/{unit} ({top})"
@@ -76,6 +105,7 @@ def main() -> None:
     p.add_argument("--surfaces", default="grpc,openai")
     p.add_argument("--idle-s", type=float, default=20)
     p.add_argument("--stream-flush-ms", type=float, default=None)
+    p.add_argument("--system", action="store_true", help="also Ray's own processes, per process")
     args = p.parse_args()
     cfg = model_config(args.output_len)
     grpc_port, http_port = start_platform(cfg, args.stream_flush_ms)
@@ -85,10 +115,14 @@ def main() -> None:
                                             text=True).stdout) for d, pid in pids.items()}
     progress(f"platform up; pids {pids}; idle for {args.idle_s:g} s")
     time.sleep(5)
+    serving = set(pids.values())
     before = {d: thread_cpu(pid) for d, pid in pids.items()}
+    system_before = system_cpu(serving)
     time.sleep(args.idle_s)
     for d, pid in pids.items():
         print(line(f"idle {d}", by_thread(before[d], thread_cpu(pid), names[d]), args.idle_s, "s"), flush=True)
+    if args.system:
+        print(line("idle ray system", system_cpu(serving) - system_before, args.idle_s, "s"), flush=True)
     sampling = SamplingSpec(max_tokens=args.output_len, ignore_eos=True)
     requests = max(48, 6 * args.concurrency)
     for surface in args.surfaces.split(","):
@@ -101,17 +135,21 @@ def main() -> None:
                 await run_closed(target, make_prompts(64), sampling, concurrency=args.concurrency,
                                  requests=args.concurrency)  # warm-up
                 start = {d: thread_cpu(pid) for d, pid in pids.items()}
+                system_start = system_cpu(serving)
                 began = time.monotonic()
                 await run_closed(target, make_prompts(64), sampling, concurrency=args.concurrency, requests=requests)
-                return start, time.monotonic() - began
+                return start, system_start, time.monotonic() - began
             finally:
                 await target.close()
 
-        start, wall = asyncio.run(load())
+        start, system_start, wall = asyncio.run(load())
         tokens = requests * args.output_len
         for d, pid in pids.items():
             label = f"{surface} c={args.concurrency} {tokens / wall:.0f} tok/s {d}"
             print(line(label, by_thread(start[d], thread_cpu(pid), names[d]), tokens, "token"), flush=True)
+        if args.system:
+            print(line(f"{surface} c={args.concurrency} ray system", system_cpu(serving) - system_start, wall, "s"),
+                  flush=True)
     exit_stopping_ray()
 
 

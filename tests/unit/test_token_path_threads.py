@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from token_path_threads import by_thread, line, parse_stat, thread_cpu, thread_names  # noqa: E402
+from token_path_threads import (by_thread, line, parse_stat, process_label, system_cpu, thread_cpu,  # noqa: E402
+                                thread_names)
 
 DUMP = '''Process 19254: ray::ServeReplica:tokenpath:router
 Thread 19254 (idle): "MainThread"
@@ -48,3 +49,32 @@ def test_cpu_is_attributed_to_the_thread_that_spent_it():
     assert spent["live-spinner"] >= 0.2
     assert spent["live-spinner"] == max(spent.values())
     assert line("x", spent, 1.0, "s").startswith("x: ") and "live-spinner=" in line("x", spent, 1.0, "s")
+
+
+def test_ray_processes_are_named_by_title_script_or_program():
+    assert process_label(["ray::ServeController", "", ""]) == "ray::ServeController"
+    assert process_label(["/venv/bin/python", "-u", "/venv/lib/ray/dashboard/agent.py", "--node-ip=1"]) == "agent.py"
+    assert process_label(["/venv/lib/ray/core/src/ray/gcs/gcs_server", "--port=1"]) == "gcs_server"
+    assert process_label([]) == "?"
+
+
+def test_system_cpu_counts_children_by_name_except_the_excluded_and_theirs(tmp_path):
+    import subprocess
+
+    spinner = tmp_path / "spinner.py"
+    spinner.write_text("import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end:\n    pass\n"
+                       "time.sleep(30)\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(spinner)!r}])\n"
+                      "time.sleep(30)\n")
+    counted = subprocess.Popen([sys.executable, str(spinner)])
+    excluded = subprocess.Popen([sys.executable, str(parent)])
+    try:
+        time.sleep(1.5)
+        spent = system_cpu({excluded.pid})
+        assert 0.25 <= spent["spinner.py"] < 0.6  # the one counted spinner, not the excluded parent's child
+        assert "parent.py" not in spent
+    finally:
+        for proc in (counted, excluded):
+            proc.kill()
+            proc.wait()
