@@ -27,6 +27,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 from bench_common import exit_stopping_ray, progress  # noqa: E402
 from loadgen import GrpcTarget, OpenAIChatTarget, SamplingSpec, make_prompts, run_closed  # noqa: E402
+from procstats import cpu_seconds  # noqa: E402
 from token_path import model_config, start_platform  # noqa: E402
 from token_path_profile import replica_pid  # noqa: E402
 
@@ -86,8 +87,7 @@ def system_cpu(exclude: set[int]) -> collections.Counter:
         try:
             if proc.pid in exclude or any(parent.pid in exclude for parent in proc.parents()):
                 continue
-            times = proc.cpu_times()
-            spent[process_label(proc.cmdline())] += times.user + times.system
+            spent[process_label(proc.cmdline())] += cpu_seconds(proc)
         except psutil.Error:  # ended meanwhile
             continue
     return spent

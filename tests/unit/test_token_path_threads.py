@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -68,13 +69,14 @@ def test_system_cpu_counts_children_by_name_except_the_excluded_and_theirs(tmp_p
     parent.write_text(f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, {str(spinner)!r}])\n"
                       "time.sleep(30)\n")
     counted = subprocess.Popen([sys.executable, str(spinner)])
-    excluded = subprocess.Popen([sys.executable, str(parent)])
+    excluded = subprocess.Popen([sys.executable, str(parent)], start_new_session=True)  # killed with its child
     try:
         time.sleep(1.5)
         spent = system_cpu({excluded.pid})
         assert 0.25 <= spent["spinner.py"] < 0.6  # the one counted spinner, not the excluded parent's child
         assert "parent.py" not in spent
     finally:
-        for proc in (counted, excluded):
-            proc.kill()
-            proc.wait()
+        counted.kill()
+        os.killpg(excluded.pid, signal.SIGKILL)
+        counted.wait()
+        excluded.wait()
