@@ -20,7 +20,10 @@ load hits all alike):
 
 Every request: greedy, seed 0, exactly --output-len tokens (ignore_eos), streaming. Per step: output tok/s, TTFT and
 ITL p50/p99 (bench/loadgen.py), and CPU seconds of each process group from /proc (bench/procstats.py) per output
-token. Results: bench/results/token_path.{json,png}; ratios are ours / vLLM's server.
+token. Then, per round, open-loop steps (--rates, Poisson arrivals at the same request rates and seed for every
+target): closed loop, a target that serves more tokens per second runs bigger engine batches and so longer steps, which
+confounds ITL; at an equal offered load the ITL and TTFT figures compare like for like.
+Results: bench/results/token_path.{json,png}; ratios are ours / vLLM's server.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ from bench_common import RESULTS_DIR, cpu_model, exit_stopping_ray, package_vers
 from serving_targets import PROFILES, Subprocess, text_model_config  # noqa: E402  (sets up the environment)
 
 import token_path_report as report  # noqa: E402
-from loadgen import OpenAIChatTarget, GrpcTarget, SamplingSpec, make_prompts, run_closed, summarize  # noqa: E402
+from loadgen import (OpenAIChatTarget, GrpcTarget, SamplingSpec, make_prompts, run_closed, run_poisson,  # noqa: E402
+                     summarize)  # noqa: E402
 from procstats import ProcessGroups  # noqa: E402
 
 #: Process groups whose CPU is "the serving layer" of each target (engine core excluded), see procstats.py.
@@ -113,34 +117,47 @@ class EngineStepTarget:
     def __init__(self, sub: Subprocess) -> None:
         self.sub = sub
 
-    async def step(self, concurrency: int, requests: int) -> dict[str, Any]:
-        self.sub.send({"mode": "closed", "concurrency": concurrency, "requests": requests, "target": "engine"})
+    async def step(self, concurrency: int, requests: int, rate: float | None = None) -> dict[str, Any]:
+        """Closed loop at `concurrency`, or open loop (Poisson arrivals) at `rate` requests/s when given."""
+        level = {"mode": "closed", "concurrency": concurrency} if rate is None else {"mode": "poisson", "rate": rate}
+        self.sub.send({**level, "requests": requests, "target": "engine"})
         kind, payload = await asyncio.to_thread(self.sub.wait_message, 900)
         if kind != "RESULT" or "failed" in payload:
             raise RuntimeError(f"engine worker: {kind} {payload}")
         return payload
 
 
-async def measure(targets: dict[str, Any], levels: list[int], requests_for, prompts, sampling, groups,
-                  round_index: int = 0, platform_facts=None) -> list:
+async def one_step(target, prompts, sampling, level, requests: int, open_loop: bool) -> dict[str, Any]:
+    """One target at one level: closed loop at concurrency `level`, or open loop at `level` requests/s."""
+    if isinstance(target, EngineStepTarget):
+        return await (target.step(0, requests, rate=level) if open_loop else target.step(level, requests))
+    if open_loop:
+        return summarize(await run_poisson(target, prompts, sampling, rate=level, requests=requests))
+    return summarize(await run_closed(target, prompts, sampling, concurrency=level, requests=requests))
+
+
+async def measure(targets: dict[str, Any], levels: list, requests_for, prompts, sampling, groups,
+                  round_index: int = 0, platform_facts=None, open_loop: bool = False) -> list:
     """Every target at every level, order rotated; `platform_facts()`: the text replica's describe() after each of
-    our surfaces' steps (its coalescing window), read after the step's CPU was taken."""
+    our surfaces' steps (its coalescing window), read after the step's CPU was taken. A level is a concurrency, or
+    with `open_loop` a request rate (Poisson arrivals, the same seed for every target): the same offered load, so
+    latencies compare at equal batch sizes whatever each target's closed-loop throughput."""
     steps = []
     names = list(targets)
-    for i, concurrency in enumerate(levels):
+    key = "rate" if open_loop else "concurrency"
+    for i, level in enumerate(levels):
         shift = (i + round_index) % len(names)
         order = names[shift:] + names[:shift]
         for name in order:
-            target, n = targets[name], requests_for(concurrency)
+            target, n = targets[name], requests_for(level)
             before, began = groups.snapshot(), time.perf_counter()
-            if isinstance(target, EngineStepTarget):
-                summary = await target.step(concurrency, n)
-            else:
-                summary = summarize(await run_closed(target, prompts, sampling, concurrency=concurrency, requests=n),
-                                    target=name, concurrency=concurrency)
+            summary = await one_step(target, prompts, sampling, level, n, open_loop)
             summary["cpu_s"] = ProcessGroups.diff(before, groups.snapshot())
             summary["wall_s"] = round(time.perf_counter() - began, 2)
-            summary["target"], summary["concurrency"], summary["round"] = name, concurrency, round_index
+            summary["target"], summary[key], summary["round"] = name, level, round_index
+            summary.pop("mode", None)
+            if open_loop:
+                summary["concurrency"] = None
             summary["serving_cpu_ms_per_token"] = report.serving_cpu_per_token(summary, SERVING_GROUPS[name])
             if platform_facts is not None and name in ("grpc", "openai"):
                 summary["stream_window_ms"] = (await platform_facts()).get("stream_window_ms")
@@ -168,6 +185,9 @@ def main() -> None:
     p.add_argument("--stream-flush-max-ms", type=float, default=None,
                    help="the platform's deployment.stream_flush_max_ms (default: the config's; 0: a fixed window)")
     p.add_argument("--with-ray-serve-llm", action="store_true", help="also start Ray Serve LLM's OpenAI app")
+    p.add_argument("--rates", default="4,12",
+                   help="open-loop steps after each round's ladder: Poisson arrivals at these requests/s, the same "
+                        "for every target ('' for none)")
     p.add_argument("--rounds", type=int, default=3,
                    help="repeat the whole ladder; figures and ratios are medians over rounds (ratios within a round)")
     p.add_argument("--no-direct-calls", action="store_true",
@@ -178,14 +198,17 @@ def main() -> None:
     args = p.parse_args()
     if args.replot:
         data = json.loads(args.out.read_text())
-        for step in data["steps"]:
+        for step in data["steps"] + data.get("open_loop_steps", []):
             step["serving_cpu_ms_per_token"] = report.serving_cpu_per_token(step, SERVING_GROUPS[step["target"]])
         data["ratios"] = report.ratios(data["steps"])
+        if data.get("open_loop_steps"):
+            data["open_loop_ratios"] = report.ratios(data["open_loop_steps"], "rate")
         args.out.write_text(json.dumps(data, indent=1))
         report.plot(data, args.out.with_suffix(".png"))
         print(report.markdown(data))
         return
     levels = [16, 32] if args.quick else [int(x) for x in args.concurrency.split(",")]
+    rates = [float(x) for x in args.rates.split(",") if x]
     # Enough requests per step that /proc's 10 ms CPU ticks and background work are small next to the step's CPU.
     requests_for = (lambda c: max(32, 4 * c)) if args.quick else (lambda c: max(48, 6 * c))
     wanted = [t for t in args.targets.split(",") if t]
@@ -202,7 +225,7 @@ def main() -> None:
         "benchmark": "token_path", "started_unix": round(time.time()),
         "machine": {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_at_start": os.getloadavg(),
                     "vllm": package_version("vllm"), "ray": package_version("ray")},
-        "workload": {"levels": levels, "rounds": args.rounds, "requests": {c: requests_for(c) for c in levels},
+        "workload": {"levels": levels, "open_loop_rates": rates, "rounds": args.rounds, "requests": {c: requests_for(c) for c in levels},
                      "output_len": args.output_len, "ignore_eos": True, "greedy": True},
         "engine": {k: model_cfg["engine"][k] for k in ("dtype", "max_model_len", "max_num_seqs", "enforce_eager")},
         "startup_s": {}, "stream_flush_ms": args.stream_flush_ms,
@@ -260,23 +283,28 @@ def main() -> None:
                     await target.open()
             try:
                 await warm_up(targets, prompts, sampling)
-                steps = []
+                steps: list = []
                 for r in range(args.rounds):
                     progress(f"round {r + 1} of {args.rounds}")
                     steps += await measure(targets, levels, requests_for, prompts, sampling, groups, r, facts)
+                    open_steps.extend(await measure(targets, rates, lambda rate: max(48, round(8 * rate)), prompts,
+                                                    sampling, groups, r, facts, open_loop=True))
                 return steps
             finally:
                 for target in targets.values():
                     if hasattr(target, "close"):
                         await target.close()
 
+        open_steps: list = []
         result["steps"] = asyncio.run(go())
+        result["open_loop_steps"] = open_steps
     finally:
         for sub in subs.values():
             sub.stop()
         vllm_server.__exit__()
     result["loadavg_at_end"] = os.getloadavg()
     result["ratios"] = report.ratios(result["steps"])
+    result["open_loop_ratios"] = report.ratios(open_steps, "rate")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     report.plot(result, args.out.with_suffix(".png"))

@@ -44,14 +44,15 @@ def engine_cpu_per_token(step: dict[str, Any]) -> float | None:
 def line(step: dict[str, Any]) -> str:
     errs = f" errors={step['errors']}" if step.get("errors") else ""
     window = f"  window {step['stream_window_ms']} ms" if step.get("stream_window_ms") is not None else ""
-    return (f"{step['target']:>13} c={step['concurrency']:<3} {step['output_tokens_per_s']:8.1f} tok/s  "
+    level = f"c={step['concurrency']:<3}" if step.get("rate") is None else f"{step['rate']:g}/s"
+    return (f"{step['target']:>13} {level} {step['output_tokens_per_s']:8.1f} tok/s  "
             f"ttft p50/p99 {step['ttft_ms']['p50']}/{step['ttft_ms']['p99']} ms  "
             f"itl p50/p99 {step['itl_ms']['p50']}/{step['itl_ms']['p99']} ms  "
             f"serving cpu {step.get('serving_cpu_ms_per_token')} ms/tok  ok {step['ok']}/{step['requests']}{errs}{window}")
 
 
-def _by(steps: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    return {(s["target"], s["concurrency"]): s for s in steps}
+def _by(steps: list[dict[str, Any]], key: str = "concurrency") -> dict[tuple[str, Any], dict[str, Any]]:
+    return {(s["target"], s[key]): s for s in steps}
 
 
 def _ratio(x, y) -> float | None:
@@ -74,10 +75,10 @@ def _median(values: list[float]) -> float | None:
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-def ratios(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per concurrency and surface, the median over rounds of each round's ratios (ours / vLLM's server, in the same
-    round), with every round's value beside it in `per_round`."""
-    per_round = [_round_ratios(r) for r in rounds_of(steps)]
+def ratios(steps: list[dict[str, Any]], key: str = "concurrency") -> dict[str, dict[str, Any]]:
+    """Per level (`key`: concurrency, or an open-loop step's request rate) and surface, the median over rounds of each
+    round's ratios (ours / vLLM's server, in the same round), with every round's value beside it in `per_round`."""
+    per_round = [_round_ratios(r, key) for r in rounds_of(steps)]
     out: dict[str, dict[str, Any]] = {}
     for c, surfaces in (per_round[0] if per_round else {}).items():
         for surface, first in surfaces.items():
@@ -91,19 +92,19 @@ def ratios(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def median_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One step per (target, concurrency): the median over rounds of each figure (the steps themselves when there is
+def median_steps(steps: list[dict[str, Any]], key: str = "concurrency") -> list[dict[str, Any]]:
+    """One step per (target, level): the median over rounds of each figure (the steps themselves when there is
     one round)."""
     rounds = rounds_of(steps)
     if len(rounds) == 1:
         return steps
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
     for step in steps:
-        groups.setdefault((step["target"], step["concurrency"]), []).append(step)
+        groups.setdefault((step["target"], step[key]), []).append(step)
     out = []
-    for (target, c), group in sorted(groups.items()):
+    for (target, level), group in sorted(groups.items()):
         out.append({
-            "target": target, "concurrency": c, "rounds": len(group),
+            "target": target, key: level, "rounds": len(group),
             "output_tokens_per_s": _median([s["output_tokens_per_s"] for s in group]),
             "ttft_ms": {q: _median([s["ttft_ms"][q] for s in group]) for q in ("p50", "p99")},
             "itl_ms": {q: _median([s["itl_ms"][q] for s in group]) for q in ("p50", "p99")},
@@ -114,9 +115,9 @@ def median_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _round_ratios(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per concurrency and surface: ours / vLLM's server (throughput, CPU per token), TTFT added in ms."""
-    by = _by(steps)
+def _round_ratios(steps: list[dict[str, Any]], key: str = "concurrency") -> dict[str, dict[str, Any]]:
+    """Per level and surface: ours / vLLM's server (throughput, CPU per token, ITL p99), TTFT added in ms."""
+    by = _by(steps, key)
     out: dict[str, dict[str, Any]] = {}
     for (target, c), s in sorted(by.items()):
         peer = by.get((PEER, c))
@@ -133,20 +134,28 @@ def _round_ratios(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: The two kinds of step: closed loop at a concurrency, open loop (Poisson arrivals) at a request rate.
+LADDERS = (("steps", "concurrency", "c", "ratios"), ("open_loop_steps", "rate", "req/s", "open_loop_ratios"))
+
+
 def markdown(result: dict[str, Any]) -> str:
-    rows = ["| target | c | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | serving CPU ms/token | "
+    return "\n\n".join(_markdown(result, *ladder) for ladder in LADDERS if result.get(ladder[0]))
+
+
+def _markdown(result: dict[str, Any], steps_key: str, key: str, label: str, ratios_key: str) -> str:
+    rows = [f"| target | {label} | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | serving CPU ms/token | "
             "engine core CPU ms/token | ok |", "|---|---|---|---|---|---|---|---|"]
-    for s in sorted(median_steps(result["steps"]), key=lambda s: (s["concurrency"], s["target"])):
+    for s in sorted(median_steps(result[steps_key], key), key=lambda s: (s[key], s["target"])):
         engine = s.get("engine_cpu_ms_per_token", engine_cpu_per_token(s))
-        rows.append(f"| {s['target']} | {s['concurrency']} | {s['output_tokens_per_s']:.0f} | "
+        rows.append(f"| {s['target']} | {s[key]} | {s['output_tokens_per_s']:.0f} | "
                     f"{s['ttft_ms']['p50']:.0f} / {s['ttft_ms']['p99']:.0f} | "
                     f"{s['itl_ms']['p50']:.1f} / {s['itl_ms']['p99']:.1f} | {_round4(s.get('serving_cpu_ms_per_token'))} | "
                     f"{_round4(engine)} | {s['ok']}/{s['requests']} |")
     rows.append("")
-    rows.append("| c | surface | tok/s vs vLLM | serving CPU/token vs vLLM | TTFT p50 added (ms) | ITL p99 vs vLLM | "
+    rows.append(f"| {label} | surface | tok/s vs vLLM | serving CPU/token vs vLLM | TTFT p50 added (ms) | ITL p99 vs vLLM | "
                 "per round: tok/s; CPU/token |")
     rows.append("|---|---|---|---|---|---|---|")
-    for c, per in result.get("ratios", {}).items():
+    for c, per in result.get(ratios_key, {}).items():
         for surface, r in per.items():
             rounds = r.get("per_round", {})
             spread = (f"{', '.join(map(str, rounds['throughput']))}; {', '.join(map(str, rounds['serving_cpu_per_token']))}"
@@ -166,19 +175,22 @@ def plot(result: dict[str, Any], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = median_steps(result["steps"])
-    targets = sorted({s["target"] for s in steps})
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = [("output tok/s", lambda s: s["output_tokens_per_s"]),
-              ("TTFT p50 (ms)", lambda s: s["ttft_ms"]["p50"]),
-              ("serving CPU ms / output token", lambda s: s.get("serving_cpu_ms_per_token"))]
-    for ax, (title, value) in zip(axes, panels):
+    closed = median_steps(result["steps"])
+    opened = median_steps(result.get("open_loop_steps") or [], "rate")
+    targets = sorted({s["target"] for s in closed})
+    panels = [("output tok/s", closed, "concurrency", lambda s: s["output_tokens_per_s"]),
+              ("TTFT p50 (ms)", closed, "concurrency", lambda s: s["ttft_ms"]["p50"]),
+              ("serving CPU ms / output token", closed, "concurrency", lambda s: s.get("serving_cpu_ms_per_token"))]
+    if opened:
+        panels.append(("open loop: ITL p99 (ms)", opened, "rate", lambda s: s["itl_ms"]["p99"]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    for ax, (title, steps, key, value) in zip(axes, panels):
         for t in targets:
-            pts = sorted((s["concurrency"], value(s)) for s in steps if s["target"] == t and value(s) is not None)
+            pts = sorted((s[key], value(s)) for s in steps if s["target"] == t and value(s) is not None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t)
         ax.set_title(title)
-        ax.set_xlabel("concurrent streams")
+        ax.set_xlabel("requests / s (Poisson)" if key == "rate" else "concurrent streams")
         ax.grid(alpha=0.3)
     axes[0].legend()
     machine = result.get("machine", {})

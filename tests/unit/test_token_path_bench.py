@@ -51,3 +51,29 @@ def test_a_platform_step_shows_the_replicas_coalescing_window():
 
     assert "window 36.5 ms" in line({**STEPS[1], "stream_window_ms": 36.5})
     assert "window" not in line(STEPS[0])
+
+
+def open_step(target: str, rate: float, itl_p99: float, round_index: int) -> dict:
+    s = step(target, 0, rate * 64, 0.1, round_index)
+    return {**s, "concurrency": None, "rate": rate, "itl_ms": {"p50": 4.0, "p99": itl_p99}}
+
+
+OPEN_STEPS = [open_step("vllm-server", 4.0, 8.0, 0), open_step("grpc", 4.0, 6.0, 0),
+              open_step("vllm-server", 4.0, 10.0, 1), open_step("grpc", 4.0, 12.0, 1),
+              open_step("vllm-server", 4.0, 10.0, 2), open_step("grpc", 4.0, 9.0, 2)]
+
+
+def test_open_loop_steps_compare_at_each_request_rate():
+    r = ratios(OPEN_STEPS, "rate")["4.0"]["grpc"]
+    assert r["itl_p99_ratio"] == 0.9  # per round 0.75, 1.2, 0.9
+    rows = median_steps(OPEN_STEPS, "rate")
+    assert [(s["target"], s["rate"], s["itl_ms"]["p99"]) for s in rows] == [("grpc", 4.0, 9.0), ("vllm-server", 4.0, 10.0)]
+    table = markdown({"steps": STEPS, "ratios": ratios(STEPS), "open_loop_steps": OPEN_STEPS,
+                      "open_loop_ratios": ratios(OPEN_STEPS, "rate")})
+    assert "| target | req/s |" in table and "| grpc | 4.0 | 256 |" in table and "| grpc | 16 | 1000 |" in table
+
+
+def test_an_open_loop_step_line_shows_its_rate():
+    from token_path_report import line
+
+    assert " 4/s " in line(OPEN_STEPS[1]) and "c=" not in line(OPEN_STEPS[1])
