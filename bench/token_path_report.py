@@ -184,11 +184,12 @@ def plot(result: dict[str, Any], path) -> None:
     if opened:
         panels.append(("open loop: ITL p99 (ms)", opened, "rate", lambda s: s["itl_ms"]["p99"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    colors = {t: f"C{i}" for i, t in enumerate(targets)}  # one colour per target in every panel
     for ax, (title, steps, key, value) in zip(axes, panels):
         for t in targets:
             pts = sorted((s[key], value(s)) for s in steps if s["target"] == t and value(s) is not None)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=t, color=colors[t])
         ax.set_title(title)
         ax.set_xlabel("requests / s (Poisson)" if key == "rate" else "concurrent streams")
         ax.grid(alpha=0.3)
